@@ -1,0 +1,39 @@
+# molmo_lite: `make run` is the course's main job, `make test` is what CI runs.
+# Both create ./.venv on first use and install the package with everything the course needs.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lab exercises bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The main job. At this stage of the course: preprocess the sample images and draw their crops.
+run: $(STAMP)
+	$(PY) -m molmo_lite crops data_samples/images --out outputs/crops
+
+# Unit, parity, bad-input and grading tests, then every chapter and solution notebook under nbval.
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks solutions
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+# Regenerate the student notebooks from the instructor's solutions.
+exercises: $(STAMP)
+	$(PY) -m molmo_lite exercises
+
+bench: $(STAMP)
+	$(PY) benchmarks/preprocess.py
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,462 @@
+"""Molmo's image preprocessing: one low-resolution overview plus overlapping high-resolution crops.
+
+The steps, in the order chapter 01 builds them (MOLMO_SPEC section 1):
+
+1. ``load_image``        any PIL image / array / file -> float RGB tensor [3, H, W] in [0, 1] (bad input -> ValueError).
+2. ``select_tiling``     how many rows x cols of crops fit the image best, at most ``max_crops`` of them.
+3. ``resize_and_pad``    resize keeping the aspect ratio, pad to the canvas, and say which pixels are real.
+4. overlapping crops     ``crop_size`` windows every ``window`` pixels, so neighbours share ``overlap_margins``.
+5. ``stitched_patch_index`` / ``arange_for_pooling``
+                         which crop patch each position of the stitched high-res grid comes from (overlap margins
+                         dropped), grouped into 2x2 pooling windows: ``pooled_patches_idx`` (-1 = padding).
+6. ``image_token_layout`` the text tokens that stand for the image: <im_start> rows of <im_patch> ending in <im_col>.
+
+The global image goes first: its crop is index 0, its pooled tokens come first, and every high-res crop index is
+offset by the global image's patches. ``MolmoImageProcessor`` runs all of it on one image.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import IM_COL, IM_END, IM_PATCH, IM_START, PreprocessorConfig, preprocessor_preset
+
+ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, str, Path, bytes]
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. Loading: everything becomes a float RGB tensor [3, H, W] in [0, 1], or a ValueError that names the problem.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Blend float [H, W, 3] colours over a white background with float [H, W] alpha (all in [0, 1])."""
+    return rgb * alpha[..., None] + (1.0 - alpha[..., None])
+
+
+def _pil_to_array(img: Image.Image) -> np.ndarray:
+    """PIL image of any mode -> float32 [H, W, 3] in [0, 1]; transparency is composited on white."""
+    try:
+        img = ImageOps.exif_transpose(img) or img  # EXIF-rotated photos -> upright
+        img.load()
+    except Exception as err:  # truncated files, broken EXIF, unsupported compression ...
+        raise ValueError(f"could not decode the image: {err}") from None
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _array_to_float_rgb(np.asarray(img))
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        return _composite_on_white(rgba[..., :3], rgba[..., 3])
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # L, 1, P, CMYK, YCbCr, ...
+
+
+def _array_to_float_rgb(arr: np.ndarray) -> np.ndarray:
+    """[H, W], [H, W, 1|2|3|4] array -> float32 [H, W, 3] in [0, 1].
+
+    Integers: uint8 (and bool) are read as 0..255, uint16 as 0..65535, any other integer type must hold 0..255 or
+    0..65535 values. Floats must be finite and in [0, 1]. Channels: 1 = gray, 2 = gray + alpha, 3 = RGB, 4 = RGBA.
+    """
+    if arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4):
+        hint = " (channels-first? pass [H, W, C])" if arr.shape[0] in (1, 3, 4) else ""
+        raise ValueError(f"image array must be [H, W] or [H, W, C] with C in 1..4, got shape {arr.shape}{hint}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"image array must be [H, W] or [H, W, C], got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"image has zero area: shape {arr.shape}")
+    if arr.dtype == bool:
+        out = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        scale = 65535.0 if arr.dtype == np.uint16 or hi > 255 else 255.0
+        if lo < 0 or hi > scale:
+            raise ValueError(f"integer image values must lie in 0..255 or 0..65535, got {lo}..{hi}")
+        out = arr.astype(np.float32) / scale
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError("image contains non-finite values (nan or inf)")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"float images must lie in [0, 1], got {lo:g}..{hi:g} (divide uint8 data by 255)")
+        out = arr.astype(np.float32)
+    else:
+        raise ValueError(f"unsupported image dtype {arr.dtype}")
+    if out.ndim == 2:
+        out = out[..., None]
+    channels = out.shape[-1]
+    if channels == 1:
+        return np.repeat(out, 3, axis=-1)
+    if channels == 2:
+        return _composite_on_white(np.repeat(out[..., :1], 3, axis=-1), out[..., 1])
+    if channels == 4:
+        return _composite_on_white(out[..., :3], out[..., 3])
+    return out
+
+
+def load_image(image: ImageLike) -> torch.Tensor:
+    """Any image -> float32 RGB tensor [3, H, W] with values in [0, 1].
+
+    Accepts a PIL image (any mode), a numpy array or CPU tensor laid out [H, W] or [H, W, C], a file path or the raw
+    bytes of an image file. Documented repairs: grayscale, palette, CMYK and 16-bit images become RGB; transparent
+    images (RGBA, LA, palette with transparency) are composited on white; EXIF-rotated photos are turned upright.
+    Anything else (undecodable bytes, zero area, non-finite values, wrong shape) raises ValueError.
+    """
+    if isinstance(image, (str, Path, bytes, bytearray)):
+        source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image
+        try:
+            image = Image.open(source)
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"not a readable image: {err}") from None
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"image has zero area: {image.width}x{image.height}")
+        arr = _pil_to_array(image)
+    elif isinstance(image, (np.ndarray, torch.Tensor)):
+        arr = _array_to_float_rgb(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image)
+    else:
+        raise ValueError(f"expected a PIL image, an array, a path or bytes, got {type(image).__name__}")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2-3. Tiling and resizing.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def select_tiling(height: int, width: int, window: int, max_crops: int) -> tuple[int, int]:
+    """Pick (rows, cols) of ``window``-sized tiles for an image of ``height`` x ``width`` pixels.
+
+    Candidates are all (rows, cols) with rows * cols <= max_crops, in order of (rows * cols, rows). The scale each
+    needs is min(rows * window / height, cols * window / width). If every candidate must shrink the image (scale
+    < 1), take the one that shrinks it least; otherwise the one that enlarges it least (first wins on ties).
+    Computed in float32 as Molmo does. Height or width <= 0 (tiny images, after removing the margins) are allowed:
+    every scale is then negative and the answer is (1, 1).
+    """
+    tilings = [(i, j) for i in range(1, max_crops + 1) for j in range(1, max_crops + 1) if i * j <= max_crops]
+    tilings.sort(key=lambda t: (t[0] * t[1], t[0]))
+    sizes = np.array(tilings, dtype=np.float32) * np.float32(window)  # [n, 2] (rows, cols) in pixels
+    scales = (sizes / np.array([height, width], dtype=np.float32)).min(axis=1)
+    if np.all(scales < 1):
+        return tilings[int(np.argmax(scales))]
+    return tilings[int(np.argmin(np.where(scales < 1, np.float32(1e10), scales)))]
+
+
+def resize_and_pad(
+    image: torch.Tensor, size: tuple[int, int], antialias: bool = True, pad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize float [3, h, w] into a [3, H, W] canvas; returns (canvas, mask [H, W] bool, True = real pixel).
+
+    pad=True (Molmo): scale = min(H/h, W/w) in float32, new size int(h*scale) x int(w*scale) (at least 1 pixel),
+    bilinear, clipped to [0, 1], centred on a zero canvas (top = (H - sh) // 2, left = (W - sw) // 2).
+    pad=False (Molmo2): stretch to exactly H x W, no padding.
+    """
+    height, width = size
+    h, w = image.shape[-2:]
+    if pad:
+        scale = min(np.float32(height) / np.float32(h), np.float32(width) / np.float32(w))
+        sh, sw = max(1, int(np.float32(h) * scale)), max(1, int(np.float32(w) * scale))
+    else:
+        sh, sw = height, width
+    if (sh, sw) == (h, w):
+        resized = image
+    else:
+        resized = F.interpolate(image[None], size=(sh, sw), mode="bilinear", align_corners=False, antialias=antialias)
+        resized = resized[0].clamp_(0.0, 1.0)
+    if (sh, sw) == (height, width):
+        return resized, torch.ones(height, width, dtype=torch.bool)
+    top, left = (height - sh) // 2, (width - sw) // 2
+    canvas = image.new_zeros(3, height, width)
+    canvas[:, top : top + sh, left : left + sw] = resized
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[top : top + sh, left : left + sw] = True
+    return canvas, mask
+
+
+def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(image - mean) / std per channel, for [..., 3, H, W]; padding (0) becomes -mean/std, as in Molmo."""
+    mean_t = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
+    return (image - mean_t) / std_t
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4-5. Crops, patches and the pooled-patch indices.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[n, C, S, S] -> [n, (S/P)^2, P*P*C]: patches in raster order, each flattened in (dy, dx, c) order."""
+    n, c, h, w = images.shape
+    hp, wp = h // patch_size, w // patch_size
+    x = images.reshape(n, c, hp, patch_size, wp, patch_size)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(n, hp * wp, patch_size * patch_size * c)
+
+
+def _kept_positions(n_tiles: int, crop_patches: int, margins: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis of the stitched grid: (tile index, patch index inside the tile) of every kept patch.
+
+    Tile t keeps patches [m0, crop_patches - m1), except that the first tile also keeps its leading margin and the
+    last tile its trailing margin. Length: n_tiles * (crop_patches - m0 - m1) + m0 + m1.
+    """
+    m0, m1 = margins
+    tiles, inside = [], []
+    for t in range(n_tiles):
+        start = 0 if t == 0 else m0
+        stop = crop_patches if t == n_tiles - 1 else crop_patches - m1
+        tiles.append(np.full(stop - start, t))
+        inside.append(np.arange(start, stop))
+    return np.concatenate(tiles), np.concatenate(inside)
+
+
+def stitched_patch_index(rows: int, cols: int, crop_patches: int, overlap_margins: tuple[int, int]) -> np.ndarray:
+    """For each patch of the stitched high-res grid, its flat index among all crops' patches.
+
+    Crop k = i * cols + j owns indices k * crop_patches**2 + r * crop_patches + c. Overlap margins are dropped so
+    every image region appears once. Returns int64 [rows * w + m0 + m1, cols * w + m0 + m1], w = crop_patches - m0 - m1.
+    """
+    row_tile, row_in = _kept_positions(rows, crop_patches, overlap_margins)
+    col_tile, col_in = _kept_positions(cols, crop_patches, overlap_margins)
+    crop = row_tile[:, None] * cols + col_tile[None, :]
+    return (crop * crop_patches**2 + row_in[:, None] * crop_patches + col_in[None, :]).astype(np.int64)
+
+
+def arange_for_pooling(index_grid: np.ndarray, pool_h: int, pool_w: int) -> np.ndarray:
+    """Group an [H, W] grid of patch indices into pool_h x pool_w windows -> [ceil(H/ph) * ceil(W/pw), ph * pw].
+
+    A grid that does not divide evenly is padded with -1, half before and the rest after (for 2x2 pooling: one row
+    or column at the bottom / right, as Molmo pads). Windows are in raster order, their members in raster order too.
+    """
+    h, w = index_grid.shape
+    pad_h, pad_w = (-h) % pool_h, (-w) % pool_w
+    grid = np.pad(index_grid, [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)], constant_values=-1)
+    gh, gw = grid.shape[0] // pool_h, grid.shape[1] // pool_w
+    return grid.reshape(gh, pool_h, gw, pool_w).transpose(0, 2, 1, 3).reshape(gh * gw, pool_h * pool_w)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. The image tokens.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def image_token_layout(global_grid: tuple[int, int], crop_grid: tuple[int, int]) -> list[str]:
+    """The token strings that stand for one image: the global image's block, then the stitched crops' block.
+
+    Each block is <im_start>, then per pooled row (width x <im_patch>, <im_col>), then <im_end>.
+    Molmo's 336 px geometry: global 12 x 12 -> 158 tokens; crops (8r+4) x (8c+4) -> (8r+4)(8c+5) + 2 tokens.
+    """
+    tokens: list[str] = []
+    for h, w in (global_grid, crop_grid):
+        tokens.append(IM_START)
+        tokens.extend(([IM_PATCH] * w + [IM_COL]) * h)
+        tokens.append(IM_END)
+    return tokens
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Everything about an image's crops that depends only on its size (no pixels needed)."""
+
+    tiling: tuple[int, int]  # (rows, cols) of high-res crops
+    canvas_size: tuple[int, int]  # (H', W') pixels the image is resized+padded to before cropping
+    global_grid: tuple[int, int]  # pooled (rows, cols) of the global image
+    crop_grid: tuple[int, int]  # pooled (rows, cols) of the stitched crops, margins dropped
+
+    @property
+    def num_crops(self) -> int:
+        return 1 + self.tiling[0] * self.tiling[1]
+
+    @property
+    def num_image_features(self) -> int:
+        return self.global_grid[0] * self.global_grid[1] + self.crop_grid[0] * self.crop_grid[1]
+
+    @property
+    def num_image_tokens(self) -> int:
+        (gh, gw), (h, w) = self.global_grid, self.crop_grid
+        return (gh * (gw + 1) + 2) + (h * (w + 1) + 2)
+
+
+def crop_geometry(height: int, width: int, config: PreprocessorConfig) -> CropGeometry:
+    """Tiling, canvas and pooled grids for an image of ``height`` x ``width`` pixels under ``config``."""
+    m0, m1 = config.overlap_margins
+    crop_patches = config.crop_size // config.patch_size
+    window = (crop_patches - m0 - m1) * config.patch_size  # pixels between neighbouring crops
+    margin = (m0 + m1) * config.patch_size
+    rows, cols = select_tiling(height - margin, width - margin, window, config.max_crops)
+    canvas = (rows * window + margin, cols * window + margin)
+    ph, pw = config.pooling
+
+    def pooled(n_patches: int, pool: int) -> int:
+        return math.ceil(n_patches / pool)
+
+    return CropGeometry(
+        tiling=(rows, cols),
+        canvas_size=canvas,
+        global_grid=(pooled(crop_patches, ph), pooled(crop_patches, pw)),
+        crop_grid=(pooled(canvas[0] // config.patch_size, ph), pooled(canvas[1] // config.patch_size, pw)),
+    )
+
+
+def num_image_tokens(
+    height: int,
+    width: int,
+    *,
+    crop_size: int = 336,
+    patch_size: int = 14,
+    max_crops: int = 12,
+    overlap_margins: tuple[int, int] = (4, 4),
+    pooling: tuple[int, int] = (2, 2),
+) -> int:
+    """How many tokens an image of ``height`` x ``width`` takes in the prompt (e.g. 480x640 -> 740)."""
+    config = PreprocessorConfig(crop_size, patch_size, max_crops, tuple(overlap_margins), tuple(pooling))
+    return crop_geometry(height, width, config).num_image_tokens
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The processor.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageInputs:
+    """What the model needs to see one image (shapes for n = 1 + rows * cols crops, S = crop size, P = patch size).
+
+    crops:              float [n, 3, S, S], CLIP-normalised; crops[0] is the global image.
+    patch_pad_fraction: float [n, (S/P)^2], fraction of real (non-padding) pixels in each patch.
+    pooled_patches_idx: long [n_image_features, pool_h * pool_w], indices into the n * (S/P)^2 flattened patches
+                        that each image token pools; -1 marks a padding slot.
+    tiling:             (rows, cols) of the high-res crops.
+    tokens:             the image's token strings (<im_start>, <im_patch>, <im_col>, <im_end>).
+    """
+
+    crops: torch.Tensor
+    patch_pad_fraction: torch.Tensor
+    pooled_patches_idx: torch.Tensor
+    tiling: tuple[int, int]
+    tokens: list[str]
+    geometry: CropGeometry
+    original_size: tuple[int, int]
+    patch_size: int
+
+    @property
+    def num_image_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def num_crops(self) -> int:
+        return self.crops.shape[0]
+
+    @property
+    def patches(self) -> torch.Tensor:
+        """The crops as flattened patches [n, (S/P)^2, P*P*3], Molmo's ViT input layout."""
+        return patchify(self.crops, self.patch_size)
+
+
+class MolmoImageProcessor:
+    """Molmo's overlap-and-resize preprocessing of one image (MOLMO_SPEC section 1).
+
+    >>> processor = MolmoImageProcessor()                        # the released models' geometry
+    >>> out = processor(np.zeros((480, 640, 3), dtype=np.uint8))
+    >>> out.tiling, out.num_crops, out.num_image_tokens
+    ((2, 3), 7, 740)
+    """
+
+    def __init__(
+        self,
+        crop_size: int = 336,
+        patch_size: int = 14,
+        max_crops: int = 12,
+        overlap_margins: tuple[int, int] = (4, 4),
+        pooling: tuple[int, int] = (2, 2),
+        image_mean: tuple[float, float, float] | None = None,
+        image_std: tuple[float, float, float] | None = None,
+        resize: str = "pad",
+        antialias: bool = True,
+    ):
+        defaults = PreprocessorConfig()
+        self.config = PreprocessorConfig(
+            crop_size=crop_size,
+            patch_size=patch_size,
+            max_crops=max_crops,
+            overlap_margins=tuple(overlap_margins),
+            pooling=tuple(pooling),
+            image_mean=tuple(image_mean or defaults.image_mean),
+            image_std=tuple(image_std or defaults.image_std),
+            resize=resize,
+            antialias=antialias,
+        )
+        _validate(self.config)
+
+    @classmethod
+    def from_config(cls, config: PreprocessorConfig | str) -> "MolmoImageProcessor":
+        """Build from a PreprocessorConfig or a preset name ("molmo", "tiny", ...)."""
+        config = preprocessor_preset(config) if isinstance(config, str) else config
+        return cls(**config.to_dict())
+
+    def __repr__(self) -> str:
+        return f"MolmoImageProcessor({self.config})"
+
+    def geometry(self, height: int, width: int) -> CropGeometry:
+        return crop_geometry(height, width, self.config)
+
+    def __call__(self, image: ImageLike) -> ImageInputs:
+        cfg = self.config
+        pixels = load_image(image)
+        height, width = pixels.shape[-2:]
+        geo = self.geometry(height, width)
+        size, patch, pad = cfg.crop_size, cfg.patch_size, cfg.resize == "pad"
+        crop_patches = size // patch
+        window = (crop_patches - sum(cfg.overlap_margins)) * patch
+
+        # The global image and the canvas the crops are cut from, each with its real-pixel mask.
+        global_image, global_mask = resize_and_pad(pixels, (size, size), cfg.antialias, pad)
+        canvas, canvas_mask = resize_and_pad(pixels, geo.canvas_size, cfg.antialias, pad)
+        rows, cols = geo.tiling
+
+        def cut(x: torch.Tensor) -> torch.Tensor:  # [..., H', W'] -> [rows * cols, ..., S, S], overlapping windows
+            x = x.unfold(-2, size, window).unfold(-2, size, window)  # [..., rows, cols, S, S]
+            return x.movedim((-4, -3), (0, 1)).reshape(rows * cols, *x.shape[:-4], size, size)
+
+        crops = torch.cat([global_image[None], cut(canvas)])
+        crops = normalize(crops, cfg.image_mean, cfg.image_std)
+        masks = torch.cat([global_mask[None], cut(canvas_mask)]).float()  # [n, S, S]
+        pad_fraction = masks.reshape(-1, crop_patches, patch, crop_patches, patch).mean(dim=(2, 4))
+
+        ph, pw = cfg.pooling
+        n_patches = crop_patches * crop_patches
+        global_idx = arange_for_pooling(np.arange(n_patches).reshape(crop_patches, crop_patches), ph, pw)
+        crop_idx = arange_for_pooling(stitched_patch_index(rows, cols, crop_patches, cfg.overlap_margins), ph, pw)
+        crop_idx = np.where(crop_idx >= 0, crop_idx + n_patches, -1)  # the global image's patches come first
+        return ImageInputs(
+            crops=crops,
+            patch_pad_fraction=pad_fraction.reshape(-1, n_patches),
+            pooled_patches_idx=torch.from_numpy(np.concatenate([global_idx, crop_idx])).long(),
+            tiling=geo.tiling,
+            tokens=image_token_layout(geo.global_grid, geo.crop_grid),
+            geometry=geo,
+            original_size=(int(height), int(width)),
+            patch_size=patch,
+        )
+
+
+def _validate(cfg: PreprocessorConfig) -> None:
+    """ValueError for a geometry the crops cannot be built with."""
+    if cfg.patch_size <= 0 or cfg.crop_size <= 0 or cfg.crop_size % cfg.patch_size:
+        raise ValueError(f"crop_size ({cfg.crop_size}) must be a positive multiple of patch_size ({cfg.patch_size})")
+    crop_patches = cfg.crop_size // cfg.patch_size
+    if len(cfg.overlap_margins) != 2 or min(cfg.overlap_margins) < 0 or sum(cfg.overlap_margins) >= crop_patches:
+        raise ValueError(
+            f"overlap_margins {cfg.overlap_margins} must be two non-negative patch counts whose sum is below the "
+            f"{crop_patches} patches of a crop"
+        )
+    if cfg.max_crops < 1:
+        raise ValueError(f"max_crops must be at least 1, got {cfg.max_crops}")
+    if len(cfg.pooling) != 2 or min(cfg.pooling) < 1:
+        raise ValueError(f"pooling must be two positive sizes, got {cfg.pooling}")
+    if cfg.resize not in ("pad", "stretch"):
+        raise ValueError(f"resize must be 'pad' (Molmo) or 'stretch' (Molmo2), got {cfg.resize!r}")
