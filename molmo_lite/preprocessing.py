@@ -141,7 +141,8 @@ def select_tiling(height: int, width: int, window: int, max_crops: int) -> tuple
     tilings = [(i, j) for i in range(1, max_crops + 1) for j in range(1, max_crops + 1) if i * j <= max_crops]
     tilings.sort(key=lambda t: (t[0] * t[1], t[0]))
     sizes = np.array(tilings, dtype=np.float32) * np.float32(window)  # [n, 2] (rows, cols) in pixels
-    scales = (sizes / np.array([height, width], dtype=np.float32)).min(axis=1)
+    with np.errstate(divide="ignore"):  # a side of exactly 0 gives an infinite scale, as in Molmo
+        scales = (sizes / np.array([height, width], dtype=np.float32)).min(axis=1)
     if np.all(scales < 1):
         return tilings[int(np.argmax(scales))]
     return tilings[int(np.argmin(np.where(scales < 1, np.float32(1e10), scales)))]
