@@ -43,7 +43,8 @@ def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
-    """PIL image of any mode -> float32 [H, W, 3] in [0, 1]; transparency is composited on white."""
+    """PIL image of any mode -> [H, W, 3] array: uint8 for ordinary images, float32 in [0, 1] where transparency
+    was composited on white or the image has more than 8 bits."""
     try:
         img = ImageOps.exif_transpose(img) or img  # EXIF-rotated photos -> upright
         img.load()
@@ -54,11 +55,11 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
         return _composite_on_white(rgba[..., :3], rgba[..., 3])
-    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # L, 1, P, CMYK, YCbCr, ...
+    return np.asarray(img.convert("RGB"))  # L, 1, P, CMYK, YCbCr, ... as uint8 RGB
 
 
 def _array_to_float_rgb(arr: np.ndarray) -> np.ndarray:
-    """[H, W], [H, W, 1|2|3|4] array -> float32 [H, W, 3] in [0, 1].
+    """[H, W], [H, W, 1|2|3|4] array -> [H, W, 3]; uint8 RGB passes through, everything else becomes float32 in [0, 1].
 
     Integers: uint8 (and bool) are read as 0..255, uint16 as 0..65535, any other integer type must hold 0..255 or
     0..65535 values. Floats must be finite and in [0, 1]. Channels: 1 = gray, 2 = gray + alpha, 3 = RGB, 4 = RGBA.
@@ -70,6 +71,8 @@ def _array_to_float_rgb(arr: np.ndarray) -> np.ndarray:
         raise ValueError(f"image array must be [H, W] or [H, W, C], got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"image has zero area: shape {arr.shape}")
+    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[-1] == 3:
+        return arr  # the common case, converted to float on the torch side
     if arr.dtype == bool:
         out = arr.astype(np.float32)
     elif np.issubdtype(arr.dtype, np.integer):
@@ -121,7 +124,12 @@ def load_image(image: ImageLike) -> torch.Tensor:
         arr = _array_to_float_rgb(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image)
     else:
         raise ValueError(f"expected a PIL image, an array, a path or bytes, got {type(image).__name__}")
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    if not arr.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory even though we only read
+        arr = arr.copy()
+    pixels = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    # channels-first float in one pass: the antialiased resize is fastest on this layout
+    pixels = pixels.to(torch.float32, memory_format=torch.contiguous_format)
+    return pixels.div_(255.0) if arr.dtype == np.uint8 else pixels
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -148,15 +156,10 @@ def select_tiling(height: int, width: int, window: int, max_crops: int) -> tuple
     return tilings[int(np.argmin(np.where(scales < 1, np.float32(1e10), scales)))]
 
 
-def resize_and_pad(
-    image: torch.Tensor, size: tuple[int, int], antialias: bool = True, pad: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize float [3, h, w] into a [3, H, W] canvas; returns (canvas, mask [H, W] bool, True = real pixel).
-
-    pad=True (Molmo): scale = min(H/h, W/w) in float32, new size int(h*scale) x int(w*scale) (at least 1 pixel),
-    bilinear, clipped to [0, 1], centred on a zero canvas (top = (H - sh) // 2, left = (W - sw) // 2).
-    pad=False (Molmo2): stretch to exactly H x W, no padding.
-    """
+def _resize_into_canvas(
+    image: torch.Tensor, size: tuple[int, int], antialias: bool, pad: bool
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """The work of ``resize_and_pad``; returns the canvas and the real pixels' box (top, left, height, width)."""
     height, width = size
     h, w = image.shape[-2:]
     if pad:
@@ -170,20 +173,56 @@ def resize_and_pad(
         resized = F.interpolate(image[None], size=(sh, sw), mode="bilinear", align_corners=False, antialias=antialias)
         resized = resized[0].clamp_(0.0, 1.0)
     if (sh, sw) == (height, width):
-        return resized, torch.ones(height, width, dtype=torch.bool)
+        return resized, (0, 0, height, width)
     top, left = (height - sh) // 2, (width - sw) // 2
     canvas = image.new_zeros(3, height, width)
     canvas[:, top : top + sh, left : left + sw] = resized
-    mask = torch.zeros(height, width, dtype=torch.bool)
+    return canvas, (top, left, sh, sw)
+
+
+def resize_and_pad(
+    image: torch.Tensor, size: tuple[int, int], antialias: bool = True, pad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize float [3, h, w] into a [3, H, W] canvas; returns (canvas, mask [H, W] bool, True = real pixel).
+
+    pad=True (Molmo): scale = min(H/h, W/w) in float32, new size int(h*scale) x int(w*scale) (at least 1 pixel),
+    bilinear, clipped to [0, 1], centred on a zero canvas (top = (H - sh) // 2, left = (W - sw) // 2).
+    pad=False (Molmo2): stretch to exactly H x W, no padding.
+    """
+    canvas, (top, left, sh, sw) = _resize_into_canvas(image, size, antialias, pad)
+    mask = torch.zeros(size, dtype=torch.bool)
     mask[top : top + sh, left : left + sw] = True
     return canvas, mask
 
 
-def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(image - mean) / std per channel, for [..., 3, H, W]; padding (0) becomes -mean/std, as in Molmo."""
-    mean_t = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
-    return (image - mean_t) / std_t
+def _patch_real_fraction(box: tuple[int, int, int, int], size: tuple[int, int], patch: int) -> torch.Tensor:
+    """Fraction of real pixels in every patch of a canvas whose real pixels are the rectangle ``box``: [H/P, W/P].
+
+    The mask is a rectangle, so the fraction is (rows covered / P) x (columns covered / P), one outer product.
+    """
+    top, left, sh, sw = box
+
+    def covered(start: int, length: int, n: int) -> torch.Tensor:
+        real = torch.zeros(n)
+        real[start : start + length] = 1.0
+        return real.reshape(-1, patch).mean(dim=1)
+
+    return covered(top, sh, size[0])[:, None] * covered(left, sw, size[1])[None, :]
+
+
+def normalize(
+    image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(image - mean) / std per channel, for [..., 3, H, W]; padding (0) becomes -mean/std, as in Molmo.
+
+    One fused pass, image * (1 / std) + (-mean / std), written into ``out`` when given (any view of the right shape).
+    """
+    scale = 1.0 / torch.tensor(std, dtype=torch.float64)
+    shift = -torch.tensor(mean, dtype=torch.float64) * scale
+    shift, scale = shift.to(image.dtype).view(3, 1, 1), scale.to(image.dtype).view(3, 1, 1)
+    if out is None:
+        return torch.addcmul(shift, image, scale)
+    return torch.addcmul(shift, image, scale, out=out)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -414,19 +453,20 @@ class MolmoImageProcessor:
         crop_patches = size // patch
         window = (crop_patches - sum(cfg.overlap_margins)) * patch
 
-        # The global image and the canvas the crops are cut from, each with its real-pixel mask.
-        global_image, global_mask = resize_and_pad(pixels, (size, size), cfg.antialias, pad)
-        canvas, canvas_mask = resize_and_pad(pixels, geo.canvas_size, cfg.antialias, pad)
+        # The global image and the canvas the crops are cut from, CLIP-normalised (padding 0 -> -mean/std).
+        global_image, global_box = _resize_into_canvas(pixels, (size, size), cfg.antialias, pad)
+        canvas, canvas_box = _resize_into_canvas(pixels, geo.canvas_size, cfg.antialias, pad)
         rows, cols = geo.tiling
 
-        def cut(x: torch.Tensor) -> torch.Tensor:  # [..., H', W'] -> [rows * cols, ..., S, S], overlapping windows
-            x = x.unfold(-2, size, window).unfold(-2, size, window)  # [..., rows, cols, S, S]
-            return x.movedim((-4, -3), (0, 1)).reshape(rows * cols, *x.shape[:-4], size, size)
-
-        crops = torch.cat([global_image[None], cut(canvas)])
-        crops = normalize(crops, cfg.image_mean, cfg.image_std)
-        masks = torch.cat([global_mask[None], cut(canvas_mask)]).float()  # [n, S, S]
-        pad_fraction = masks.reshape(-1, crop_patches, patch, crop_patches, patch).mean(dim=(2, 4))
+        crops = torch.empty(1 + rows * cols, 3, size, size)
+        normalize(global_image, cfg.image_mean, cfg.image_std, out=crops[0])
+        windows = canvas.unfold(1, size, window).unfold(2, size, window).permute(1, 2, 0, 3, 4)  # [r, c, 3, S, S]
+        normalize(windows, cfg.image_mean, cfg.image_std, out=crops[1:].view(rows, cols, 3, size, size))
+        # the same windows over the per-patch real-pixel fractions (crops start on patch boundaries)
+        global_frac = _patch_real_fraction(global_box, (size, size), patch)
+        canvas_frac = _patch_real_fraction(canvas_box, geo.canvas_size, patch)
+        crop_frac = canvas_frac.unfold(0, crop_patches, window // patch).unfold(1, crop_patches, window // patch)
+        pad_fraction = torch.cat([global_frac[None], crop_frac.reshape(rows * cols, crop_patches, crop_patches)])
 
         ph, pw = cfg.pooling
         n_patches = crop_patches * crop_patches

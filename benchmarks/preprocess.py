@@ -1,0 +1,116 @@
+"""Images per second: molmo_lite's MolmoImageProcessor vs transformers' Molmo2ImageProcessor, same geometry.
+
+Both processors see the same 64 seeded images of mixed sizes (uint8 arrays, 100 to 2000 px a side, portrait,
+landscape and extreme strips), one image per call as a data loader would, in one run and interleaved rounds so
+that both meet the same machine state. Writes JSON (default benchmarks/results/preprocess.json) and prints the ratio.
+
+    python benchmarks/preprocess.py [--rounds 3] [--out PATH] [--no-readme]
+
+It also rewrites the table between the <!-- preprocess-benchmark --> markers of README.md from the JSON, so the
+README never quotes a figure the script did not produce (tests/test_readme.py checks they agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from molmo_lite.config import CLIP_MEAN, CLIP_STD
+from molmo_lite.preprocessing import MolmoImageProcessor
+
+
+def make_images(n: int = 64, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sizes = [(int(h), int(w)) for h, w in rng.integers(100, 2001, size=(n - 4, 2))]
+    sizes += [(480, 640), (1080, 1920), (60, 1800), (1800, 60)]
+    return [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+MARKERS = ("<!-- preprocess-benchmark -->", "<!-- /preprocess-benchmark -->")
+LABELS = {
+    "molmo_lite (Molmo: pad, antialias)": "molmo_lite, Molmo's resize (keep aspect, pad, antialias)",
+    "molmo_lite (stretch, no antialias, as Molmo2)": "molmo_lite, Molmo2's resize (stretch, no antialias)",
+    "transformers Molmo2ImageProcessor": "transformers Molmo2ImageProcessor",
+}
+
+
+def readme_table(result: dict) -> str:
+    """The README's markdown table for a benchmark result."""
+    lines = ["| processor | images/s | vs transformers |", "|---|---|---|"]
+    for name, value in result["images_per_second"].items():
+        ratio = result["ratio_vs_transformers"].get(name, 1.0)
+        lines.append(f"| {LABELS[name]} | {value:.2f} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def update_readme(result: dict, readme: Path = README) -> None:
+    text = readme.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    readme.write_text(text[:start] + "\n" + readme_table(result) + "\n" + text[end:])
+
+
+def time_per_image(fn, images: list[np.ndarray]) -> float:
+    start = time.perf_counter()
+    for image in images:
+        fn(image)
+    return (time.perf_counter() - start) / len(images)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "preprocess.json")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
+    args = parser.parse_args()
+
+    from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
+
+    images = make_images()
+    reference = Molmo2ImageProcessor(size={"height": 336, "width": 336}, patch_size=14, max_crops=12,
+                                     overlap_margins=[4, 4], pooling_size=[2, 2],
+                                     image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    candidates = {
+        "molmo_lite (Molmo: pad, antialias)": MolmoImageProcessor(),
+        "molmo_lite (stretch, no antialias, as Molmo2)": MolmoImageProcessor(resize="stretch", antialias=False),
+        "transformers Molmo2ImageProcessor": lambda im: reference(im, return_tensors="pt",
+                                                                  input_data_format="channels_last"),
+    }
+    for fn in candidates.values():  # warm-up: imports, allocator, thread pools
+        fn(images[0])
+    seconds = {name: [] for name in candidates}
+    for _ in range(args.rounds):
+        for name, fn in candidates.items():
+            seconds[name].append(time_per_image(fn, images))
+    per_second = {name: 1.0 / min(times) for name, times in seconds.items()}  # best round: least disturbed
+    ref_name = "transformers Molmo2ImageProcessor"
+    result = {
+        "benchmark": "preprocess",
+        "images": len(images),
+        "rounds": args.rounds,
+        "images_per_second": {k: round(v, 2) for k, v in per_second.items()},
+        "ratio_vs_transformers": {k: round(v / per_second[ref_name], 3) for k, v in per_second.items() if k != ref_name},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, value in per_second.items():
+        print(f"{name:<48} {value:8.1f} images/s")
+    for name, ratio in result["ratio_vs_transformers"].items():
+        print(f"ratio {name} / transformers: {ratio:.2f}")
+    print("wrote", args.out)
+    if not args.no_readme:
+        update_readme(result)
+        print("updated", README)
+
+
+if __name__ == "__main__":
+    main()

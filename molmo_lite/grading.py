@@ -1,0 +1,508 @@
+"""Exercise notebooks: made from the solutions, graded by running them.
+
+Three pieces, used by instructors, by CI and by ``python -m molmo_lite {exercises,grade}``:
+
+1. **Exercise generation.** An instructor notebook in ``solutions/`` marks its answers::
+
+       def select_tiling(height, width, window, max_crops):
+           ### BEGIN SOLUTION
+           ...
+           ### END SOLUTION
+
+   ``make_exercise`` replaces every marked block by one ``raise NotImplementedError(...)`` line at the markers'
+   indentation, drops ``<!-- BEGIN SOLUTION --> ... <!-- END SOLUTION -->`` blocks from markdown cells and clears
+   outputs;
+   ``write_exercises`` turns ``solutions/NN_name_exercises.ipynb`` into ``exercises/NN_name_exercises.ipynb``.
+
+2. **Checks.** ``@check("01_crops", "select_tiling")`` registers a function ``fn(namespace) -> None`` that looks up what
+   the student defined in the notebook's global namespace and raises ``AssertionError`` with a helpful message when it
+   disagrees with ``molmo_lite``'s own implementation.
+
+3. **Grading.** ``grade_notebook`` executes a student's notebook in a fresh kernel (errors in one cell do not stop the
+   others), appends one cell that runs the chapter's checks on the notebook's ``globals()`` in that same kernel, and
+   reads the results back. A notebook that cannot run at all (kernel death, timeout, unreadable file) gets a failing
+   row per check, never an exception.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import nbformat
+
+SOLUTION_BEGIN = "### BEGIN SOLUTION"
+SOLUTION_END = "### END SOLUTION"
+EXERCISE_LINE = 'raise NotImplementedError("Exercise: write your solution here")'
+MARKDOWN_SOLUTION = re.compile(r"<!--\s*BEGIN SOLUTION\s*-->.*?<!--\s*END SOLUTION\s*-->\n?", re.DOTALL)
+NOTEBOOK_GLOB = "*_exercises.ipynb"
+
+CheckFn = Callable[[dict], None]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. Exercise generation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def clear_solution(source: str) -> str:
+    """Replace each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` block of a code cell by the exercise line.
+
+    The replacement keeps the indentation of the BEGIN marker, so a solution inside a function body stays a valid body.
+    Raises ValueError on unbalanced markers, which would otherwise leak a solution into the exercise.
+    """
+    out: list[str] = []
+    indent = None  # the BEGIN marker's indentation while inside a solution block
+    for line in source.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith(SOLUTION_BEGIN):
+            if indent is not None:
+                raise ValueError(f"nested {SOLUTION_BEGIN!r} in cell:\n{source}")
+            indent = line[: len(line) - len(line.lstrip())]
+        elif stripped.startswith(SOLUTION_END):
+            if indent is None:
+                raise ValueError(f"{SOLUTION_END!r} without {SOLUTION_BEGIN!r} in cell:\n{source}")
+            out.append(indent + EXERCISE_LINE + line[len(line.rstrip("\r\n")) :])
+            indent = None
+        elif indent is None:
+            out.append(line)
+    if indent is not None:
+        raise ValueError(f"{SOLUTION_BEGIN!r} without {SOLUTION_END!r} in cell:\n{source}")
+    return "".join(out)
+
+
+def clear_markdown_solution(source: str) -> str:
+    """Drop ``<!-- BEGIN SOLUTION --> ... <!-- END SOLUTION -->`` blocks (answers to written questions)."""
+    return MARKDOWN_SOLUTION.sub("", source)
+
+
+def make_exercise(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Return a copy of a solutions notebook with the answers removed and every output and execution count cleared."""
+    exercise = copy.deepcopy(nb)
+    for cell in exercise.cells:
+        cell.metadata.pop("execution", None)  # nbclient's timings
+        if cell.cell_type == "code":
+            cell.source = clear_solution(cell.source)
+            cell.outputs = []
+            cell.execution_count = None
+        elif cell.cell_type == "markdown":
+            cell.source = clear_markdown_solution(cell.source)
+    return exercise
+
+
+def _exercise_pairs(solutions_dir: str | Path, exercises_dir: str | Path) -> Iterator[tuple[Path, Path]]:
+    """(solution notebook, exercise notebook) path pairs, sorted by chapter."""
+    for solution in sorted(Path(solutions_dir).glob(NOTEBOOK_GLOB)):
+        yield solution, Path(exercises_dir) / solution.name
+
+
+def write_exercises(solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "exercises") -> list[Path]:
+    """Generate ``exercises_dir/NN_name_exercises.ipynb`` from each ``solutions_dir/NN_name_exercises.ipynb``.
+
+    Returns the paths written.
+    """
+    Path(exercises_dir).mkdir(parents=True, exist_ok=True)
+    written = []
+    for solution, exercise in _exercise_pairs(solutions_dir, exercises_dir):
+        nbformat.write(make_exercise(nbformat.read(solution, as_version=4)), exercise)
+        written.append(exercise)
+    return written
+
+
+def _cell_contents(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    """What a student sees of a notebook: (cell type, source) per cell; outputs and metadata are noise here."""
+    return [(cell.cell_type, cell.source) for cell in nb.cells]
+
+
+def exercises_up_to_date(
+    solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "exercises"
+) -> list[Path]:
+    """Exercise notebooks that differ from what ``write_exercises`` would generate now (missing ones included).
+
+    An exercise notebook without a solution notebook is stale too: exercises are generated, never hand-written.
+    An empty list means up to date.
+    """
+    stale = []
+    expected = set()
+    for solution, exercise in _exercise_pairs(solutions_dir, exercises_dir):
+        expected.add(exercise.name)
+        generated = make_exercise(nbformat.read(solution, as_version=4))
+        if not exercise.exists() or _cell_contents(nbformat.read(exercise, as_version=4)) != _cell_contents(generated):
+            stale.append(exercise)
+    orphans = [p for p in sorted(Path(exercises_dir).glob(NOTEBOOK_GLOB)) if p.name not in expected]
+    return stale + orphans
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. Checks registry
+# ---------------------------------------------------------------------------------------------------------------------
+
+_CHECKS: dict[str, dict[str, CheckFn]] = {}
+_student_time_limit: float | None = None  # seconds each check may spend in the student's code; set by run_checks
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One row of a grade report."""
+
+    exercise: str
+    passed: bool
+    message: str = ""
+
+
+def check(chapter: str, exercise: str) -> Callable[[CheckFn], CheckFn]:
+    """Register ``fn(namespace)`` as the check of ``exercise`` in ``chapter`` (e.g. ``"01_crops"``)."""
+
+    def register(fn: CheckFn) -> CheckFn:
+        _CHECKS.setdefault(chapter, {})[exercise] = fn
+        return fn
+
+    return register
+
+
+def checks_for(chapter: str) -> dict[str, CheckFn]:
+    """The checks of a chapter, in registration order ({} for an unknown chapter)."""
+    return dict(_CHECKS.get(chapter, {}))
+
+
+def notebook_chapter(nb: nbformat.NotebookNode | None, path: str | Path) -> str:
+    """A notebook's chapter id: ``metadata.molmo_lite.chapter``, else from its file name.
+
+    ``01_crops_exercises.ipynb`` (or a student's ``01_crops_exercises-Copy1.ipynb``) -> ``"01_crops"``.
+    """
+    chapter = (nb.metadata.get("molmo_lite", {}).get("chapter") if nb is not None else None) or ""
+    if chapter:
+        return chapter
+    stem = Path(path).stem
+    known = [c for c in _CHECKS if stem.startswith(c)]
+    return max(known, key=len) if known else stem.partition("_exercises")[0]
+
+
+class CheckTimeout(BaseException):
+    """A check ran out of time. A BaseException, so that a check's ``except Exception`` cannot swallow it."""
+
+
+@contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise CheckTimeout in the block after ``seconds`` (Unix main thread only; elsewhere no limit)."""
+    usable = seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise CheckTimeout(f"the notebook's code ran longer than {seconds:.0f} s (an infinite loop?)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run_check(exercise: str, fn: CheckFn, namespace: dict) -> CheckResult:
+    """Run one check and turn whatever it raises into a failing row."""
+    try:
+        fn(namespace)
+    except NotImplementedError:
+        return CheckResult(exercise, False, "not implemented yet: the exercise cell still raises NotImplementedError")
+    except CheckTimeout as err:
+        return CheckResult(exercise, False, str(err))
+    except AssertionError as err:
+        return CheckResult(exercise, False, str(err) or "assertion failed")
+    except Exception as err:  # a check must never take the others down
+        return CheckResult(exercise, False, f"{type(err).__name__}: {err}")
+    return CheckResult(exercise, True, "")
+
+
+def run_checks(chapter: str, namespace: dict, time_limit: float | None = None) -> list[CheckResult]:
+    """Run every check of ``chapter`` on a notebook's global namespace.
+
+    ``time_limit``: seconds each check may spend calling the student's functions (imports and reference answers do not
+    count), so that one looping exercise fails alone instead of timing out the whole notebook.
+    """
+    global _student_time_limit
+    _student_time_limit = time_limit
+    try:
+        return [_run_check(name, fn, namespace) for name, fn in checks_for(chapter).items()]
+    finally:
+        _student_time_limit = None
+
+
+def _print_check_results(chapter: str, namespace: dict, marker: str, time_limit: float | None) -> None:
+    """Run inside the student's kernel by the appended cell: print the results as JSON behind ``marker``."""
+    results = run_checks(chapter, namespace, time_limit)
+    print(marker + json.dumps([asdict(r) for r in results]), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. Grading a notebook
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _failing_rows(chapter: str, reason: str) -> list[CheckResult]:
+    """One failing row per check of the chapter (or one row saying the chapter has no checks)."""
+    names = list(checks_for(chapter)) or ["(notebook)"]
+    return [CheckResult(name, False, reason) for name in names]
+
+
+def _grading_cell(chapter: str, marker: str, time_limit: float) -> nbformat.NotebookNode:
+    """The cell appended to the student's notebook; it imports the grader inside the student's kernel."""
+    source = (
+        "__import__('molmo_lite.grading', fromlist=['_print_check_results'])"
+        f"._print_check_results({chapter!r}, globals(), {marker!r}, {time_limit!r})"
+    )
+    return nbformat.v4.new_code_cell(source)
+
+
+def _parse_grading_output(cell: nbformat.NotebookNode, marker: str) -> list[CheckResult] | None:
+    """Results printed by the grading cell, or None when it printed none."""
+    text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+    for line in text.splitlines():
+        if line.startswith(marker):
+            return [CheckResult(**row) for row in json.loads(line[len(marker) :])]
+    return None
+
+
+def _grading_cell_error(cell: nbformat.NotebookNode) -> str:
+    """Why the grading cell printed nothing (its error, if any)."""
+    errors = [f"{o.ename}: {o.evalue}" for o in cell.outputs if o.output_type == "error"]
+    return "the checks could not run: " + (errors[0] if errors else "they printed no results")
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
+def _run_failure(err: Exception, nb: nbformat.NotebookNode, cell_index: int, seconds: float) -> str:
+    """Why a notebook could not run, naming the cell that was running (counted from 1, as a reader counts)."""
+    last = cell_index == len(nb.cells) - 1
+    which = "the grading cell" if last else f"cell {cell_index + 1} (`{_first_line(nb.cells[cell_index].source)}`)"
+    reason = f"the notebook could not run: {type(err).__name__} in {which} after {seconds:.0f} s"
+    return f"{reason}: {_first_line(str(err))}" if _first_line(str(err)) else reason
+
+
+def grade_notebook(path: str | Path, timeout: float = 600) -> list[CheckResult]:
+    """Execute a student's exercise notebook and check it; one CheckResult per exercise of its chapter.
+
+    The notebook runs in a fresh ``python3`` kernel with its own folder as working directory; ``timeout`` (seconds)
+    applies to each cell, the appended checks cell included (each check gets a share of it for the student's code).
+    A cell that raises does not stop the others. A notebook that cannot run at all gets a failing row per check with
+    the reason.
+    """
+    from nbclient import NotebookClient  # imported here: only grading needs Jupyter's machinery
+
+    path = Path(path)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as err:
+        return _failing_rows(notebook_chapter(None, path), f"cannot read {path.name}: {type(err).__name__}: {err}")
+    chapter = notebook_chapter(nb, path)
+    if not checks_for(chapter):
+        return _failing_rows(chapter, f"no checks are registered for chapter {chapter!r}")
+
+    marker = f"@@molmo_lite-grades-{uuid.uuid4().hex}@@"
+    time_limit = max(1.0, 0.5 * timeout / len(checks_for(chapter)))  # half the cell timeout for all checks
+    nb.cells.append(_grading_cell(chapter, marker, time_limit))
+    started: dict[str, int] = {}
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        allow_errors=True,
+        interrupt_on_timeout=False,
+        resources={"metadata": {"path": str(path.resolve().parent)}},
+        on_cell_start=lambda cell, cell_index: started.update(index=cell_index),
+    )
+    t0 = time.monotonic()
+    try:
+        client.execute(stderr=subprocess.DEVNULL)  # the kernel process's own log lines would garble the report
+    except Exception as err:  # kernel death, timeout, a kernel that cannot start: report, never raise
+        return _failing_rows(chapter, _run_failure(err, nb, started.get("index", 0), time.monotonic() - t0))
+    results = _parse_grading_output(nb.cells[-1], marker)
+    return results if results is not None else _failing_rows(chapter, _grading_cell_error(nb.cells[-1]))
+
+
+def print_report(results: Sequence[CheckResult], file: TextIO | None = None) -> None:
+    """Print a table: exercise | PASS/FAIL | first line of the message, then a one-line summary."""
+    file = file or sys.stdout
+    width = max([len("exercise")] + [len(r.exercise) for r in results])
+    print(f"{'exercise':<{width}} | result | message", file=file)
+    print(f"{'-' * width}-+--------+--------", file=file)
+    for r in results:
+        print(f"{r.exercise:<{width}} | {'PASS' if r.passed else 'FAIL':<6} | {_first_line(r.message)}", file=file)
+    print(f"{sum(r.passed for r in results)}/{len(results)} exercises pass", file=file)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chapter checks. Each compares the student's function, found by name in the notebook's globals, with molmo_lite's.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _student_function(namespace: dict, name: str) -> Callable:
+    """The function the notebook defined under ``name``; AssertionError if there is none."""
+    fn = namespace.get(name)
+    if not callable(fn):
+        raise AssertionError(f"the notebook defines no function `{name}`: run the cell that defines it")
+    return fn
+
+
+def _format_call(name: str, arg_names: Sequence[str], args: Sequence) -> str:
+    """``name(a=1, b=2)``, how a failing case is shown."""
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in zip(arg_names, args))})"
+
+
+def _compare_on_cases(
+    name: str,
+    arg_names: Sequence[str],
+    student: Callable,
+    reference: Callable,
+    cases: Sequence[tuple],
+    mismatch: Callable[[Any, Any], str | None],
+) -> None:
+    """Call ``student(*args)`` and ``reference(*args)`` on every case; AssertionError naming the first disagreement.
+
+    ``mismatch(got, expected)`` says how an answer is wrong, or None when it is right. NotImplementedError from the
+    student propagates (the exercise is still blank); any other exception counts as a wrong answer. The student's
+    calls together get run_checks' time limit.
+    """
+    answers = [reference(*args) for args in cases]
+    wrong = []
+    with _time_limit(_student_time_limit):
+        for args, expected in zip(cases, answers):
+            try:
+                got = student(*args)
+            except NotImplementedError:
+                raise
+            except Exception as err:
+                wrong.append((args, f"raised {type(err).__name__}: {err}"))
+                continue
+            problem = mismatch(got, expected)
+            if problem is not None:
+                wrong.append((args, problem))
+    if wrong:
+        args, problem = wrong[0]
+        call = _format_call(name, arg_names, args)
+        raise AssertionError(f"{call} {problem} ({len(wrong)} of {len(cases)} cases wrong)")
+
+
+def _tuple_mismatch(got: Any, expected: Any) -> str | None:
+    """Compare as tuples of ints (lists, numpy ints and tensors are fine)."""
+    try:
+        same = tuple(int(v) for v in got) == tuple(int(v) for v in expected)
+    except (TypeError, ValueError):
+        same = False
+    return None if same else f"returned {got!r}, expected {tuple(expected)!r}"
+
+
+def _int_mismatch(got: Any, expected: Any) -> str | None:
+    """Compare as numbers (numpy ints and 0-d tensors are fine; 740.0 counts as 740)."""
+    try:
+        same = float(got) == float(expected)
+    except (TypeError, ValueError):
+        same = False
+    return None if same else f"returned {got!r}, expected {int(expected)}"
+
+
+def _as_numpy(x: Any) -> Any:
+    """A numpy array from a numpy array, torch tensor or nested list."""
+    import numpy as np
+
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _index_array_mismatch(got: Any, expected: Any) -> str | None:
+    """Same shape, integer dtype, same values (numpy arrays and torch tensors alike); else where they differ."""
+    import numpy as np
+
+    try:
+        got = _as_numpy(got)
+    except Exception:
+        return f"returned a {type(got).__name__}, expected an integer array"
+    expected = _as_numpy(expected)
+    if got.shape != expected.shape:
+        return f"returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    if got.dtype.kind not in "iu":
+        return f"returned dtype {got.dtype}, expected an integer array"
+    differ = np.argwhere(got != expected)
+    if len(differ) == 0:
+        return None
+    at = tuple(int(i) for i in differ[0])
+    first = f"first at {list(at)}: {got[at]} instead of {expected[at]}"
+    return f"is wrong at {len(differ)} of {got.size} positions, {first}"
+
+
+def _random_sizes(rng: random.Random, n: int, low: int = 1, high: int = 4000) -> list[tuple[int, int]]:
+    """(height, width) pairs: half uniform, half extreme aspect ratios (one side tiny, the other huge)."""
+    sizes = []
+    for k in range(n):
+        if k % 2 == 0:
+            sizes.append((rng.randint(low, high), rng.randint(low, high)))
+        else:
+            thin, long = rng.randint(low, low + 60), rng.randint(high // 2, high)
+            sizes.append((thin, long) if k % 4 == 1 else (long, thin))
+    return sizes
+
+
+@check("01_crops", "select_tiling")
+def check_select_tiling(namespace: dict) -> None:
+    """select_tiling(height, width, window, max_crops) agrees with molmo_lite's on 200 seeded random cases."""
+    from molmo_lite import preprocessing
+
+    rng = random.Random(1)
+    windows = (224, 336, 28)
+    cases = [(h, w, rng.choice(windows), rng.randint(1, 36)) for h, w in _random_sizes(rng, 200)]
+    student = _student_function(namespace, "select_tiling")
+    _compare_on_cases(
+        "select_tiling", ("height", "width", "window", "max_crops"), student, preprocessing.select_tiling, cases,
+        _tuple_mismatch,
+    )
+
+
+@check("01_crops", "num_image_tokens")
+def check_num_image_tokens(namespace: dict) -> None:
+    """num_image_tokens(height, width, max_crops) agrees with molmo_lite's on the worked examples, tiny images and
+    100 random cases."""
+    from molmo_lite import preprocessing
+
+    rng = random.Random(2)
+    worked = [(480, 640, 12), (1080, 1920, 12), (336, 336, 12), (1000, 500, 12), (64, 64, 12), (30, 2000, 12)]
+    cases = worked + [(h, w, rng.randint(1, 36)) for h, w in _random_sizes(rng, 100, low=120)]
+    student = _student_function(namespace, "num_image_tokens")
+
+    def reference(height: int, width: int, max_crops: int) -> int:
+        return preprocessing.num_image_tokens(height, width, max_crops=max_crops)
+
+    _compare_on_cases("num_image_tokens", ("height", "width", "max_crops"), student, reference, cases, _int_mismatch)
+
+
+@check("01_crops", "stitched_patch_index")
+def check_stitched_patch_index(namespace: dict) -> None:
+    """stitched_patch_index(rows, cols, crop_patches, overlap_margins) equals molmo_lite's on random tilings."""
+    from molmo_lite import preprocessing
+
+    rng = random.Random(3)
+    geometries = [(p, m) for p in (4, 6, 24) for m in ((1, 1), (2, 2), (4, 4), (1, 2)) if sum(m) < p]
+    cases = [(rng.randint(1, 4), rng.randint(1, 4), *rng.choice(geometries)) for _ in range(40)]
+    student = _student_function(namespace, "stitched_patch_index")
+    _compare_on_cases(
+        "stitched_patch_index", ("rows", "cols", "crop_patches", "overlap_margins"), student,
+        preprocessing.stitched_patch_index, cases, _index_array_mismatch,
+    )
