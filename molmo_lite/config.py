@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-# The special tokens Molmo adds to the LLM's vocabulary for the image (MOLMO_SPEC section 3 and 4).
+# The special tokens Molmo adds to the LLM's vocabulary for the image (allenai/molmo, olmo/data/model_preprocessor.py).
 IM_START = "<im_start>"
 IM_END = "<im_end>"
 IM_PATCH = "<im_patch>"
@@ -24,7 +24,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class PreprocessorConfig:
-    """Geometry of Molmo's overlap-and-resize preprocessing (MOLMO_SPEC section 1).
+    """Geometry of Molmo's overlap-and-resize preprocessing (as allenai/molmo does it).
 
     crop_size: side of every crop and of the global image, in pixels.
     patch_size: ViT patch side in pixels; crop_size must be a multiple of it.

@@ -1,6 +1,6 @@
 """Molmo's image preprocessing: one low-resolution overview plus overlapping high-resolution crops.
 
-The steps, in the order chapter 01 builds them (MOLMO_SPEC section 1):
+The steps, in the order chapter 01 builds them (Molmo: allenai/molmo, olmo/data/model_preprocessor.py):
 
 1. ``load_image``        any PIL image / array / file -> float RGB tensor [3, H, W] in [0, 1] (bad input -> ValueError).
 2. ``select_tiling``     how many rows x cols of crops fit the image best, at most ``max_crops`` of them.
@@ -398,7 +398,7 @@ class ImageInputs:
 
 
 class MolmoImageProcessor:
-    """Molmo's overlap-and-resize preprocessing of one image (MOLMO_SPEC section 1).
+    """Molmo's overlap-and-resize preprocessing of one image (see chapter 01).
 
     >>> processor = MolmoImageProcessor()                        # the released models' geometry
     >>> out = processor(np.zeros((480, 640, 3), dtype=np.uint8))
