@@ -131,21 +131,29 @@ def plot_max_crops_sweep(image: ImageLike, config: PreprocessorConfig, values: S
 
 
 def crop_explorer(image: ImageLike, config: PreprocessorConfig, max_value: int = 36):
-    """A slider over ``max_crops`` redrawing the crop layout (needs ipywidgets and a widget frontend such as
-    JupyterLab). Without ipywidgets it draws the static layout for ``config.max_crops`` and returns None."""
+    """A slider over ``max_crops`` that redraws the crop layout of ``image``.
+
+    The figure is an ordinary output (it shows on GitHub, in nbconvert and wherever widgets do not run); in a widget
+    frontend such as JupyterLab, moving the slider replaces it. Without ipywidgets only the figure is shown and None
+    is returned; otherwise the slider.
+    """
+    from IPython.display import display
+
+    pixels = load_image(image).permute(1, 2, 0).numpy()  # decode once, redraw on every slider move
+
+    def figure_for(max_crops: int):
+        fig, ax = plt.subplots(figsize=(6, 5))
+        plot_crop_layout(pixels, PreprocessorConfig(**{**config.to_dict(), "max_crops": max_crops}), ax=ax)
+        plt.close(fig)  # displayed explicitly below, not again by the inline backend
+        return fig
+
     try:
         import ipywidgets as widgets
-        from IPython.display import display
     except ImportError:
-        plot_crop_layout(image, config)
+        display(figure_for(config.max_crops))
         return None
-    pixels = load_image(image)  # decode once, redraw on every slider move
-
-    def draw(max_crops: int) -> None:
-        plot_crop_layout(pixels.permute(1, 2, 0).numpy(), PreprocessorConfig(**{**config.to_dict(), "max_crops": max_crops}))
-        plt.show()
-
     slider = widgets.IntSlider(value=config.max_crops, min=1, max=max_value, description="max_crops")
-    box = widgets.VBox([slider, widgets.interactive_output(draw, {"max_crops": slider})])
-    display(box)
-    return box
+    display(slider)
+    handle = display(figure_for(config.max_crops), display_id=True)
+    slider.observe(lambda change: handle.update(figure_for(change["new"])), names="value")
+    return slider
