@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lab exercises bench install clean
+.PHONY: run test lab exercises notebooks bench install clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ lab: $(STAMP)
 # Regenerate the student notebooks from the instructor's solutions.
 exercises: $(STAMP)
 	$(PY) -m molmo_lite exercises
+
+# Re-execute every chapter and solution in place, so they are committed with fresh outputs.
+notebooks: $(STAMP)
+	cd notebooks && ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace *.ipynb
+	cd solutions && ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace *.ipynb
 
 bench: $(STAMP)
 	$(PY) benchmarks/preprocess.py

@@ -70,7 +70,7 @@ def _crops(args: argparse.Namespace) -> int:
 
     from molmo_lite import viz
     from molmo_lite.config import preprocessor_preset
-    from molmo_lite.preprocessing import MolmoImageProcessor
+    from molmo_lite.preprocessing import MolmoImageProcessor, load_image
 
     config = preprocessor_preset(args.preset)
     if args.max_crops:
@@ -84,14 +84,15 @@ def _crops(args: argparse.Namespace) -> int:
     print(f"{'image':<28} {'size':>11} {'tiling':>7} {'crops':>5} {'tokens':>6}")
     for path in paths:
         try:
-            inputs = processor(path)
+            pixels = load_image(path)
+            inputs = processor(pixels)
         except ValueError as err:
             print(f"{path.name:<28} skipped: {err}")
             failed += 1
             continue
         (h, w), (rows, cols) = inputs.original_size, inputs.tiling
         print(f"{path.name:<28} {f'{h}x{w}':>11} {f'{rows}x{cols}':>7} {inputs.num_crops:>5} {inputs.num_image_tokens:>6}")
-        ax = viz.plot_crop_layout(path, config)
+        ax = viz.plot_crop_layout(pixels, config)
         ax.figure.savefig(args.out / f"{path.stem}_layout.png", dpi=90, bbox_inches="tight")
         viz.plot_crops(inputs, config).savefig(args.out / f"{path.stem}_crops.png", dpi=90, bbox_inches="tight")
         ax = viz.plot_token_layout(inputs.tokens)

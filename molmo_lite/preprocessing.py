@@ -105,8 +105,8 @@ def _array_to_float_rgb(arr: np.ndarray) -> np.ndarray:
 def load_image(image: ImageLike) -> torch.Tensor:
     """Any image -> float32 RGB tensor [3, H, W] with values in [0, 1].
 
-    Accepts a PIL image (any mode), a numpy array or CPU tensor laid out [H, W] or [H, W, C], a file path or the raw
-    bytes of an image file. Documented repairs: grayscale, palette, CMYK and 16-bit images become RGB; transparent
+    Accepts a PIL image (any mode), a numpy array [H, W] or [H, W, C], a torch tensor [C, H, W] or [H, W] (so its own
+    output too), a file path or the raw bytes of an image file. Documented repairs: grayscale, palette, CMYK and 16-bit images become RGB; transparent
     images (RGBA, LA, palette with transparency) are composited on white; EXIF-rotated photos are turned upright.
     Anything else (undecodable bytes, zero area, non-finite values, wrong shape) raises ValueError.
     """
@@ -120,8 +120,13 @@ def load_image(image: ImageLike) -> torch.Tensor:
         if image.width == 0 or image.height == 0:
             raise ValueError(f"image has zero area: {image.width}x{image.height}")
         arr = _pil_to_array(image)
-    elif isinstance(image, (np.ndarray, torch.Tensor)):
-        arr = _array_to_float_rgb(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image)
+    elif isinstance(image, torch.Tensor):  # torch convention: channels first, as load_image itself returns
+        if image.ndim == 3 and image.shape[0] not in (1, 2, 3, 4):
+            raise ValueError(f"image tensors must be [C, H, W] with C in 1..4 or [H, W], got shape {tuple(image.shape)}")
+        tensor = image.detach().cpu()
+        arr = _array_to_float_rgb((tensor.permute(1, 2, 0) if tensor.ndim == 3 else tensor).numpy())
+    elif isinstance(image, np.ndarray):
+        arr = _array_to_float_rgb(image)
     else:
         raise ValueError(f"expected a PIL image, an array, a path or bytes, got {type(image).__name__}")
     if not arr.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory even though we only read

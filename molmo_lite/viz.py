@@ -139,7 +139,7 @@ def crop_explorer(image: ImageLike, config: PreprocessorConfig, max_value: int =
     """
     from IPython.display import display
 
-    pixels = load_image(image).permute(1, 2, 0).numpy()  # decode once, redraw on every slider move
+    pixels = load_image(image)  # decode once, redraw on every slider move
 
     def figure_for(max_crops: int):
         fig, ax = plt.subplots(figsize=(6, 5))

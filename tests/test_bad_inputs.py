@@ -196,3 +196,13 @@ def test_any_array_gives_inputs_or_value_error(shape, dtype, fill):
     except ValueError:
         return
     check_outputs(out, shape[0], shape[1])
+
+
+def test_torch_tensors_are_channels_first_so_load_image_accepts_its_own_output():
+    arr = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    pixels = load_image(arr)
+    assert pixels.shape == (3, 5, 7)
+    assert torch.equal(load_image(pixels), pixels)
+    assert torch.equal(load_image(torch.from_numpy(arr[..., 0])), load_image(arr[..., 0]))  # [H, W] gray
+    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+        load_image(torch.zeros(5, 7, 3))
