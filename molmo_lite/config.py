@@ -67,3 +67,61 @@ def preprocessor_preset(name: str) -> PreprocessorConfig:
         return PREPROCESSOR_PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(PREPROCESSOR_PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """A CLIP-style vision transformer (chapter 02). Defaults: OpenAI CLIP ViT-L/14 at 336 px, as Molmo reads it.
+
+    layers: blocks built (Molmo keeps 23 of CLIP's 24: ``num_layers_used``); feature_layers: which block outputs
+    the connector reads, negative = from the last block used (Molmo: [-2, -9], concatenated on channels).
+    act: "quick_gelu" (OpenAI CLIP) or "gelu". output_dim: CLIP's projection head (used only for contrastive
+    pre-training; Molmo's path never reaches it), None for no head.
+    """
+
+    image_size: int = 336
+    patch_size: int = 14
+    width: int = 1024
+    layers: int = 24
+    heads: int = 16
+    mlp_width: int = 4096
+    act: str = "quick_gelu"
+    ln_eps: float = 1e-5
+    num_layers_used: int | None = 23
+    feature_layers: tuple[int, ...] = (-2, -9)
+    output_dim: int | None = 768
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def blocks_used(self) -> int:
+        return self.layers if self.num_layers_used is None else self.num_layers_used
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the selected features: width x number of feature layers (Molmo: 2 x 1024)."""
+        return self.width * len(self.feature_layers)
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """The connector between ViT and LLM (chapter 03), MOLMO defaults for ViT-L/14 + Qwen2-7B.
+
+    input_dim: ViT feature channels after layer concatenation (2 x 1024); pool_dim: output of the attention pooling
+    (= ViT width in Molmo); heads x head_dim: pooling attention; hidden_dim: SwiGLU projector's hidden size;
+    llm_dim: the LLM's embedding size.
+    """
+
+    input_dim: int = 2048
+    pool_dim: int = 1024
+    heads: int = 16
+    head_dim: int = 64
+    hidden_dim: int = 18944
+    llm_dim: int = 3584
+    pad_embed: bool = True
