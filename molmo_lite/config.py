@@ -7,7 +7,9 @@ connector, LLM and training configs beside these.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 # The special tokens Molmo adds to the LLM's vocabulary for the image (allenai/molmo, olmo/data/model_preprocessor.py).
 IM_START = "<im_start>"
@@ -16,6 +18,10 @@ IM_PATCH = "<im_patch>"
 IM_COL = "<im_col>"
 IMAGE_PROMPT = "<|image|>"
 IMAGE_TOKENS = (IM_START, IM_END, IM_PATCH, IM_COL, IMAGE_PROMPT)
+
+# Where chapters save what later chapters reuse (the tiny pretrained encoder, ...): ./checkpoints of the repository,
+# or $MOLMO_LITE_CHECKPOINTS. Nothing there is committed: every chapter can rebuild what it needs.
+CHECKPOINT_DIR = Path(os.environ.get("MOLMO_LITE_CHECKPOINTS", Path(__file__).resolve().parents[1] / "checkpoints"))
 
 # OpenAI CLIP's normalisation, which Molmo uses ("openai" in its code).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -125,3 +131,12 @@ class ConnectorConfig:
     hidden_dim: int = 18944
     llm_dim: int = 3584
     pad_embed: bool = True
+
+
+VISION_PRESETS: dict[str, VisionConfig] = {
+    # OpenAI CLIP ViT-L/14 at 336 px as Molmo reads it: 23 of 24 blocks, features of blocks -2 and -9.
+    "molmo": VisionConfig(),
+    # CPU-sized: 56 px crops (the tiny preprocessor preset), 4 blocks of width 96; reads the last and third-to-last.
+    "tiny": VisionConfig(image_size=56, patch_size=14, width=96, layers=4, heads=4, mlp_width=384, act="gelu",
+                         num_layers_used=None, feature_layers=(-1, -3), output_dim=64),
+}

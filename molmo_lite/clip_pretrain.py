@@ -1,0 +1,186 @@
+"""Contrastive (CLIP) pre-training of the tiny ViT on synthetic image-caption pairs (chapter 02).
+
+Molmo starts from a pretrained CLIP encoder; the course does the same at tiny scale: our ViT and a small text tower
+learn to match scenes with captions that name each shape's colour, kind and position, with open_clip's ``ClipLoss``
+(symmetric cross-entropy over the batch's image-text similarities). The trained encoder is saved as safetensors +
+JSON config, and ``tiny_encoder()`` gives later chapters that encoder, training it first if it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import CHECKPOINT_DIR, CLIP_MEAN, CLIP_STD, VISION_PRESETS, VisionConfig
+from .data.synthetic import COLOURS, COLS, ROWS, SHAPES, caption_scenes
+from .preprocessing import normalize
+from .vision import VisionTransformer
+
+PAD = 0
+
+
+class WordTokenizer:
+    """Whole-word ids for the synthetic captions' small vocabulary (chapter 04 builds a real BPE tokenizer)."""
+
+    def __init__(self, words: list[str], max_len: int = 32):
+        self.words = ["<pad>", "<unk>"] + sorted(set(words))
+        self.ids = {w: i for i, w in enumerate(self.words)}
+        self.max_len = max_len
+
+    @classmethod
+    def for_scenes(cls) -> "WordTokenizer":
+        grammar = "a an at the and".split() + list(COLOURS) + list(SHAPES) + list(ROWS) + list(COLS)
+        return cls(grammar)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        """captions -> ids [n, max_len], padded with 0 (words past max_len are cut)."""
+        out = torch.full((len(captions), self.max_len), PAD, dtype=torch.long)
+        for row, caption in enumerate(captions):
+            ids = [self.ids.get(w, 1) for w in re.findall(r"[a-z]+", caption.lower())][: self.max_len]
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+
+class TextTower(nn.Module):
+    """Word embeddings + positions -> a few pre-norm transformer layers -> mean over words -> projection."""
+
+    def __init__(self, vocab_size: int, width: int = 64, layers: int = 2, heads: int = 4, output_dim: int = 64,
+                 max_len: int = 32):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.randn(max_len, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.ln = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, output_dim, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [n, L] -> text embeddings [n, output_dim]."""
+        pad = ids == PAD
+        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
+        x = self.ln(self.transformer(x, src_key_padding_mask=pad))
+        keep = (~pad).unsqueeze(-1).float()
+        return self.proj((x * keep).sum(1) / keep.sum(1).clamp(min=1))
+
+
+class TinyCLIP(nn.Module):
+    """Our ViT's CLIP head and a text tower, compared by cosine similarity times a learned temperature."""
+
+    def __init__(self, vision: VisionTransformer, tokenizer: WordTokenizer):
+        super().__init__()
+        self.vision, self.tokenizer = vision, tokenizer
+        self.text = TextTower(len(tokenizer), output_dim=vision.config.output_dim, max_len=tokenizer.max_len)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor):
+        """-> (image features [n, d], text features [n, d], both unit length; temperature scale)."""
+        image = F.normalize(self.vision.clip_embedding(images), dim=-1)
+        text = F.normalize(self.text(ids), dim=-1)
+        return image, text, self.logit_scale.exp().clamp(max=100)
+
+
+def to_model_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 [n, S, S, 3] -> CLIP-normalised float [n, 3, S, S]."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    return normalize(x, CLIP_MEAN, CLIP_STD)
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: TinyCLIP, images: torch.Tensor, captions: list[str]) -> float:
+    """Image -> text top-1 accuracy: each image picks the most similar of all ``len(captions)`` captions; right when
+    the picked caption's text is its own (identical captions count as the same). Chance: about 1 / len(captions)."""
+    model.eval()
+    image, text, _ = model(images, model.tokenizer(captions))
+    picked = (image @ text.T).argmax(dim=1).tolist()
+    return float(np.mean([captions[j] == captions[i] for i, j in enumerate(picked)]))
+
+
+def train_clip(model: TinyCLIP, images: torch.Tensor, captions: list[str], steps: int = 600, batch_size: int = 128,
+               lr: float = 2e-3, seed: int = 0, log_every: int = 50) -> list[dict]:
+    """AdamW with linear warmup and cosine decay on random batches; returns the loss history."""
+    from open_clip.loss import ClipLoss
+
+    loss_fn = ClipLoss()
+    gen = torch.Generator().manual_seed(seed)
+    ids = model.tokenizer(captions)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    history, start = [], time.perf_counter()
+    model.train()
+    for step in range(1, steps + 1):
+        batch = torch.randint(len(images), (batch_size,), generator=gen)
+        loss = loss_fn(*model(images[batch], ids[batch]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            history.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - start})
+    model.eval()
+    return history
+
+
+# --------------------------------------------------------------------------------------------------- save and load
+
+
+def save_encoder(vit: VisionTransformer, directory: Path, extra: dict | None = None) -> Path:
+    """safetensors weights + config.json (and any ``extra`` facts, e.g. retrieval accuracy); never pickle."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps({"vision": asdict(vit.config), **(extra or {})}, indent=2))
+    return directory
+
+
+def load_encoder(directory: Path) -> VisionTransformer:
+    directory = Path(directory)
+    meta = json.loads((directory / "config.json").read_text())
+    fields = meta["vision"]
+    fields["feature_layers"] = tuple(fields["feature_layers"])
+    vit = VisionTransformer(VisionConfig(**fields))
+    vit.load_state_dict(load_file(directory / "model.safetensors"))
+    return vit.eval()
+
+
+def pretrain_tiny_encoder(steps: int = 600, n_train: int = 6000, n_heldout: int = 256, seed: int = 0,
+                          config: VisionConfig | None = None) -> tuple[TinyCLIP, dict]:
+    """Train the tiny ViT as a CLIP on seeded synthetic pairs; returns the model and a report (accuracies, losses)."""
+    torch.manual_seed(seed)
+    config = config or VISION_PRESETS["tiny"]
+    train_images, train_captions = caption_scenes(n_train, seed=seed, size=config.image_size)
+    test_images, test_captions = caption_scenes(n_heldout, seed=seed + 10_000, size=config.image_size)
+    train_x, test_x = to_model_input(train_images), to_model_input(test_images)
+    model = TinyCLIP(VisionTransformer(config), WordTokenizer.for_scenes())
+    before = retrieval_accuracy(model, test_x, test_captions)
+    history = train_clip(model, train_x, train_captions, steps=steps, seed=seed)
+    after = retrieval_accuracy(model, test_x, test_captions)
+    report = {"heldout_pairs": n_heldout, "chance": 1 / n_heldout, "accuracy_before": before,
+              "accuracy_after": after, "steps": steps, "history": history}
+    return model, report
+
+
+def tiny_encoder(directory: Path | None = None, steps: int = 600) -> VisionTransformer:
+    """The tiny pretrained ViT of chapter 02: loaded from ``directory`` (default checkpoints/tiny_vit), or trained and
+    saved there first if it is missing (a few minutes on a laptop CPU)."""
+    directory = Path(directory or CHECKPOINT_DIR / "tiny_vit")
+    if not (directory / "model.safetensors").exists():
+        model, report = pretrain_tiny_encoder(steps=steps)
+        report.pop("history")
+        save_encoder(model.vision, directory, extra={"clip_pretraining": report})
+    return load_encoder(directory)
