@@ -181,3 +181,14 @@ def test_vit_l_14_336_state_dict_maps_exactly_onto_molmo_vit(vit_l_336_state):
             vit.blocks[22].feed_forward.w2.weight, vit_l_336_state["visual.transformer.resblocks.22.mlp.c_proj.weight"])
         feats = vit.features(torch.randn(1, 3, 336, 336))
     assert feats.shape == (1, 576, 2048)  # Molmo's layers [-2, -9], concatenated
+
+
+def test_pretrained_download_failure_says_what_to_do(monkeypatch):
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(RuntimeError, match=r"Offline\? .*from_open_clip\(path\)"):
+        VisionTransformer.from_pretrained_open_clip("ViT-L-14-336", "openai")
