@@ -140,3 +140,11 @@ VISION_PRESETS: dict[str, VisionConfig] = {
     "tiny": VisionConfig(image_size=56, patch_size=14, width=96, layers=4, heads=4, mlp_width=384, act="gelu",
                          num_layers_used=None, feature_layers=(-1, -3), output_dim=64),
 }
+
+
+CONNECTOR_PRESETS: dict[str, ConnectorConfig] = {
+    # Molmo-7B-D: ViT-L features (2 x 1024) -> pooled 1024 -> Qwen2-7B's 3584 through an 18944-wide SwiGLU.
+    "molmo": ConnectorConfig(),
+    # Matches VISION_PRESETS["tiny"] (2 x 96 feature channels) and a tiny LLM of width 128.
+    "tiny": ConnectorConfig(input_dim=192, pool_dim=96, heads=4, head_dim=24, hidden_dim=256, llm_dim=128),
+}

@@ -362,9 +362,24 @@ def _student_function(namespace: dict, name: str) -> Callable:
     return fn
 
 
+def _describe(value: Any) -> str:
+    """How an argument is shown in a failure message: tensors and layers by their shapes, the rest by repr."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # a torch tensor or numpy array
+        dtype = str(value.dtype).removeprefix("torch.")
+        return f"<{dtype} tensor {list(value.shape)}>"
+    if hasattr(value, "in_features") and hasattr(value, "out_features"):  # an nn.Linear
+        bias = "" if getattr(value, "bias", None) is not None else ", no bias"
+        return f"<Linear {value.in_features} -> {value.out_features}{bias}>"
+    if isinstance(value, list) and value and all(hasattr(v, "shape") for v in value):
+        shapes = {tuple(v.shape) for v in value}
+        each = f"each {list(shapes.pop())}" if len(shapes) == 1 else "of several shapes"
+        return f"<list of {len(value)} tensors, {each}>"
+    return repr(value)
+
+
 def _format_call(name: str, arg_names: Sequence[str], args: Sequence) -> str:
-    """``name(a=1, b=2)``, how a failing case is shown."""
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in zip(arg_names, args))})"
+    """``name(a=1, b=2)``, how a failing case is shown (a tensor by its shape: ``x=<float32 tensor [2, 3]>``)."""
+    return f"{name}({', '.join(f'{k}={_describe(v)}' for k, v in zip(arg_names, args))})"
 
 
 def _compare_on_cases(
@@ -506,3 +521,342 @@ def check_stitched_patch_index(namespace: dict) -> None:
         "stitched_patch_index", ("rows", "cols", "crop_patches", "overlap_margins"), student,
         preprocessing.stitched_patch_index, cases, _index_array_mismatch,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Float tensors: the helpers of the chapter 02+ checks.
+# ---------------------------------------------------------------------------------------------------------------------
+
+FLOAT_TOLERANCE = 1e-5  # absolute and relative, for float outputs compared with molmo_lite's
+
+
+def _float_array_mismatch(got: Any, expected: Any, tolerance: float = FLOAT_TOLERANCE) -> str | None:
+    """Same shape and the same values within ``tolerance`` (numpy arrays and torch tensors alike); else where not."""
+    import numpy as np
+
+    try:
+        got = _as_numpy(got)
+    except Exception:
+        return f"returned a {type(got).__name__}, expected a tensor"
+    expected = _as_numpy(expected)
+    if got.shape != expected.shape:
+        return f"returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    if got.dtype.kind not in "fiub":
+        return f"returned dtype {got.dtype}, expected a float tensor"
+    wrong = ~np.isclose(got.astype(np.float64), expected.astype(np.float64), rtol=tolerance, atol=tolerance)
+    if not wrong.any():
+        return None
+    at = tuple(int(i) for i in np.argwhere(wrong)[0])
+    first = f"first at {list(at)}: {float(got[at]):.6g} instead of {float(expected[at]):.6g}"
+    nan = " (NaN: a division by zero, or a softmax over nothing but -inf?)" if np.isnan(got).any() else ""
+    return f"is wrong at {wrong.sum()} of {got.size} values (tolerance {tolerance:g}), {first}{nan}"
+
+
+def _with_hint(mismatch: Callable[[Any, Any], str | None]) -> Callable[[Any, tuple], str | None]:
+    """Turn ``mismatch(got, expected)`` into one that takes ``(expected, {hint: plausible wrong answer})`` and, when
+    the student's answer equals one of those wrong answers, says which mistake it looks like."""
+
+    def compare(got: Any, expected_and_wrong: tuple) -> str | None:
+        expected, wrong_answers = expected_and_wrong
+        problem = mismatch(got, expected)
+        if problem is None:
+            return None
+        for hint, wrong in wrong_answers.items():
+            if mismatch(got, wrong) is None:
+                return f"{problem}; it looks like {hint}"
+        return problem
+
+    return compare
+
+
+def _torch_generator(seed: int):
+    """A seeded torch generator, so that the checks never touch the notebook's global random state."""
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def _randomize_(module: Any, gen: Any) -> Any:
+    """Fill every parameter of ``module`` with seeded N(0, 1/fan_in) values (biases too, so that they matter)."""
+    import torch
+
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) / param.shape[-1] ** 0.5)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chapter 02 checks: the vision encoder (molmo_lite.vision).
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@check("02_vision_encoder", "patchify")
+def check_patchify(namespace: dict) -> None:
+    """patchify(images, patch_size) equals molmo_lite.vision.patchify_images on 30 random batches (square and not,
+    1 or 3 channels, patch sizes 1 to 14)."""
+    import torch
+
+    from molmo_lite import vision
+
+    rng, gen = random.Random(21), _torch_generator(21)
+    cases = []
+    for _ in range(30):
+        p = rng.choice((1, 2, 3, 4, 7, 14))
+        gh, gw = rng.randint(1, 4), rng.randint(1, 4)
+        shape = (rng.randint(1, 3), rng.choice((1, 3)), gh * p, gw * p)
+        cases.append((torch.randn(shape, generator=gen), p))
+
+    def reference(images: Any, patch_size: int) -> tuple:
+        b, c, h, w = images.shape
+        channels_first = images.unfold(2, patch_size, patch_size).unfold(3, patch_size, patch_size)  # [B,C,gh,gw,P,P]
+        channels_first = channels_first.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * patch_size**2)
+        return vision.patchify_images(images, patch_size), {"each patch is in (c, dy, dx) order": channels_first}
+
+    student = _student_function(namespace, "patchify")
+    _compare_on_cases(
+        "patchify", ("images", "patch_size"), student, reference, cases, _with_hint(_float_array_mismatch)
+    )
+
+
+def _package_patch_embedding(conv_weight: Any) -> Any:
+    """The linear patch-embedding weight molmo_lite makes of an open_clip ``conv1.weight`` when it loads CLIP."""
+    import torch
+
+    from molmo_lite import config, vision
+
+    width, channels, p, _ = conv_weight.shape
+    state = {
+        "conv1.weight": conv_weight, "class_embedding": torch.zeros(width),
+        "positional_embedding": torch.zeros(2, width), "ln_pre.weight": torch.ones(width),
+        "ln_pre.bias": torch.zeros(width),
+    }
+    cfg = config.VisionConfig(image_size=p, patch_size=p, width=width, layers=0, num_layers_used=None,
+                              output_dim=None)
+    return vision.state_from_open_clip(state, cfg)["patch_embedding.weight"]
+
+
+@check("02_vision_encoder", "conv_to_linear")
+def check_conv_to_linear(namespace: dict) -> None:
+    """conv_to_linear(conv_weight) equals the patch-embedding weight molmo_lite's open_clip loader makes, on 20 random
+    conv weights (so that patches in (dy, dx, c) order times its transpose reproduce the convolution)."""
+    import torch
+
+    rng, gen = random.Random(22), _torch_generator(22)
+    shapes = [(rng.choice((1, 4, 8, 32)), rng.choice((1, 3)), p, p) for p in (rng.choice((1, 2, 3, 5, 14))
+                                                                             for _ in range(20))]
+    cases = [(torch.randn(shape, generator=gen),) for shape in shapes]
+
+    def reference(conv_weight: Any) -> tuple:
+        plain = conv_weight.reshape(conv_weight.shape[0], -1)
+        return _package_patch_embedding(conv_weight), {"a plain reshape, whose columns are in (c, dy, dx) order": plain}
+
+    student = _student_function(namespace, "conv_to_linear")
+    _compare_on_cases("conv_to_linear", ("conv_weight",), student, reference, cases, _with_hint(_float_array_mismatch))
+
+
+@check("02_vision_encoder", "interpolate_positions")
+def check_interpolate_positions(namespace: dict) -> None:
+    """interpolate_positions(pos, grid) equals molmo_lite.vision.interpolate_position_embeddings on 24 random tables
+    (up- and downsampling, rectangular grids, the unchanged grid)."""
+    import torch
+
+    from molmo_lite import vision
+
+    rng, gen = random.Random(23), _torch_generator(23)
+    cases = []
+    for k in range(24):
+        g = rng.choice((2, 3, 4, 6, 24))
+        grid = (g, g) if k % 6 == 0 else (rng.randint(1, 2 * g), rng.randint(1, 2 * g))
+        cases.append((torch.randn(1 + g * g, rng.choice((1, 4, 8)), generator=gen), grid))
+
+    def reference(pos: Any, grid: tuple) -> Any:
+        return vision.interpolate_position_embeddings(pos, grid)
+
+    student = _student_function(namespace, "interpolate_positions")
+    _compare_on_cases("interpolate_positions", ("pos", "grid"), student, reference, cases, _float_array_mismatch)
+
+
+def _cls_hint(mismatch: Callable[[Any, Any], str | None]) -> Callable[[Any, Any], str | None]:
+    """Add "did you drop CLS?" to a shape mismatch with one token too many."""
+
+    def compare(got: Any, expected: Any) -> str | None:
+        problem = mismatch(got, expected)
+        shape = tuple(getattr(got, "shape", ()))
+        if problem and len(shape) == 3 and shape[1] == expected.shape[1] + 1:
+            problem += " (the CLS token, position 0 of every block output, must be dropped)"
+        return problem
+
+    return compare
+
+
+@check("02_vision_encoder", "select_features")
+def check_select_features(namespace: dict) -> None:
+    """select_features(hidden_states, layers) equals molmo_lite's VisionTransformer.features on a small random ViT of
+    6 blocks, for 10 layer selections (negative, positive, repeated, unsorted)."""
+    import torch
+
+    from molmo_lite import config, vision
+
+    torch_state = torch.random.get_rng_state()  # the ViT's init must not move the notebook's random state
+    try:
+        torch.manual_seed(24)
+        runs = []
+        for image_size, batch in ((28, 2), (42, 1)):
+            cfg = config.VisionConfig(image_size=image_size, patch_size=14, width=16, layers=6, heads=2, mlp_width=32,
+                                      act="gelu", num_layers_used=None, feature_layers=(-1,), output_dim=None)
+            vit = vision.VisionTransformer(cfg).eval()
+            images = torch.randn(batch, 3, image_size, image_size)
+            with torch.no_grad():
+                runs.append((vit, images, vit(images)))
+    finally:
+        torch.random.set_rng_state(torch_state)
+    selections = [(-1,), (-2, -5), (0, 3), (-6,), (5, 0, -3), (1, 1), (-1, -2, -3, -4), (2,), (-3, 4), (-5, -2)]
+    features_of = {id(hidden): (vit, images) for vit, images, hidden in runs}  # a case's hidden states -> its run
+    cases = [(runs[k % 2][2], layers) for k, layers in enumerate(selections)]
+
+    def reference(hidden: list, layers: tuple) -> Any:
+        vit, images = features_of[id(hidden)]
+        with torch.no_grad():
+            return vit.features(images, layers)
+
+    student = _student_function(namespace, "select_features")
+    _compare_on_cases(
+        "select_features", ("hidden_states", "layers"), student, reference, cases, _cls_hint(_float_array_mismatch)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chapter 03 checks: the connector (molmo_lite.connector).
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _random_pad_fraction(shape: tuple, gen: Any) -> Any:
+    """Fractions of real pixels: about a third exactly 1, a third exactly 0, the rest in between (0.5 included)."""
+    import torch
+
+    kind = torch.randint(0, 3, shape, generator=gen)
+    between = torch.rand(shape, generator=gen).clamp(0.01, 0.99)
+    between[torch.rand(shape, generator=gen) < 0.1] = 0.5
+    return torch.where(kind == 0, torch.ones(shape), torch.where(kind == 1, torch.zeros(shape), between))
+
+
+def _random_windows(gen: Any, n_tokens: int, k: int, dim: int, empty_rows: bool) -> tuple:
+    """windows [T, k, dim] with large junk in the padding slots (they must be ignored), valid bool [T, k] with full
+    rows, partial rows and, if ``empty_rows``, rows without any valid slot."""
+    import torch
+
+    valid = torch.rand(n_tokens, k, generator=gen) < 0.6
+    valid[0] = True  # a full window
+    if n_tokens > 1:
+        valid[1] = False
+        valid[1, 0] = True  # a window of one
+    if empty_rows and n_tokens > 2:
+        valid[2] = False
+    windows = torch.randn(n_tokens, k, dim, generator=gen)
+    junk = 10 * torch.randn(n_tokens, k, dim, generator=gen)
+    return torch.where(valid[..., None], windows, junk), valid
+
+
+@check("03_connector", "add_pad_embeddings")
+def check_add_pad_embeddings(namespace: dict) -> None:
+    """add_pad_embeddings(features, pad_fraction, pad_embed) equals molmo_lite.connector.PadEmbedding on 20 random
+    cases mixing real (fraction 1), fully padded (0) and partially padded patches."""
+    import torch
+
+    from molmo_lite import connector
+
+    rng, gen = random.Random(31), _torch_generator(31)
+    cases = []
+    for _ in range(20):
+        crops, patches, dim = rng.randint(1, 3), rng.choice((1, 4, 9, 16)), rng.choice((1, 4, 8))
+        cases.append((torch.randn(crops, patches, dim, generator=gen),
+                      _random_pad_fraction((crops, patches), gen), torch.randn(2, dim, generator=gen)))
+
+    def reference(features: Any, pad_fraction: Any, pad_embed: Any) -> Any:
+        module = connector.PadEmbedding(features.shape[-1])
+        with torch.no_grad():
+            module.pad_embed.copy_(pad_embed)
+            return module(features, pad_fraction)
+
+    student = _student_function(namespace, "add_pad_embeddings")
+    _compare_on_cases(
+        "add_pad_embeddings", ("features", "pad_fraction", "pad_embed"), student, reference, cases,
+        _float_array_mismatch,
+    )
+
+
+@check("03_connector", "mean_query")
+def check_mean_query(namespace: dict) -> None:
+    """mean_query(windows, valid) is the mean of each window's valid members (0 without any) on 20 random cases, the
+    query molmo_lite.connector.AttentionPool computes."""
+    import torch
+
+    rng, gen = random.Random(32), _torch_generator(32)
+    cases = [_random_windows(gen, rng.randint(3, 8), rng.choice((1, 2, 4, 9)), rng.choice((1, 3, 8)), True)
+             for _ in range(20)]
+
+    def reference(windows: Any, valid: Any) -> tuple:
+        members = windows.masked_fill(~valid[..., None], 0.0)  # as AttentionPool.forward does
+        mean = members.sum(1) / valid.sum(-1, keepdim=True).clamp(min=1).to(windows.dtype)
+        wrong = {"the mean over all k slots, padding included": windows.mean(1),
+                 "the sum of the valid members divided by k": members.mean(1)}
+        return mean, wrong
+
+    student = _student_function(namespace, "mean_query")
+    _compare_on_cases("mean_query", ("windows", "valid"), student, reference, cases, _with_hint(_float_array_mismatch))
+
+
+@check("03_connector", "attention_pool")
+def check_attention_pool(namespace: dict) -> None:
+    """attention_pool(windows, valid, wq, wk, wv, wo, heads) equals molmo_lite.connector.AttentionPool with the same
+    random layers on 20 cases (1 to 4 heads, padding slots holding junk, windows without any valid slot)."""
+    import torch
+
+    from molmo_lite import connector
+
+    rng, gen = random.Random(33), _torch_generator(33)
+    cases = []
+    for k in range(20):
+        dim, heads, head_dim = rng.choice((4, 8, 12)), rng.choice((1, 2, 4)), rng.choice((2, 4))
+        pool_dim = rng.choice((3, 8))
+        pool = _randomize_(connector.AttentionPool(dim, pool_dim, heads, head_dim), gen)
+        windows, valid = _random_windows(gen, rng.randint(3, 6), rng.choice((1, 4, 9)), dim, empty_rows=k % 2 == 1)
+        cases.append((windows, valid, pool.wq, pool.wk, pool.wv, pool.wo, heads))
+
+    def reference(windows: Any, valid: Any, wq: Any, wk: Any, wv: Any, wo: Any, heads: int) -> Any:
+        pool = connector.AttentionPool(wq.in_features, wo.out_features, heads, wq.out_features // heads)
+        pool.wq, pool.wk, pool.wv, pool.wo = wq, wk, wv, wo
+        with torch.no_grad():
+            return pool(windows, valid)
+
+    student = _student_function(namespace, "attention_pool")
+    _compare_on_cases(
+        "attention_pool", ("windows", "valid", "wq", "wk", "wv", "wo", "heads"), student, reference, cases,
+        _float_array_mismatch,
+    )
+
+
+@check("03_connector", "swiglu")
+def check_swiglu(namespace: dict) -> None:
+    """swiglu(x, w1, w2, w3) equals molmo_lite.connector.SwiGLUProjector with the same random layers on 12 cases."""
+    import torch
+
+    from molmo_lite import connector
+
+    rng, gen = random.Random(34), _torch_generator(34)
+    cases = []
+    for _ in range(12):
+        dim, hidden, out = rng.choice((1, 4, 8)), rng.choice((4, 16, 32)), rng.choice((2, 8))
+        projector = _randomize_(connector.SwiGLUProjector(dim, hidden, out), gen)
+        shape = (rng.randint(1, 6), dim) if rng.random() < 0.5 else (2, rng.randint(1, 4), dim)
+        cases.append((torch.randn(shape, generator=gen), projector.w1, projector.w2, projector.w3))
+
+    def reference(x: Any, w1: Any, w2: Any, w3: Any) -> Any:
+        projector = connector.SwiGLUProjector(w1.in_features, w1.out_features, w2.out_features)
+        projector.w1, projector.w2, projector.w3 = w1, w2, w3
+        with torch.no_grad():
+            return projector(x)
+
+    student = _student_function(namespace, "swiglu")
+    _compare_on_cases("swiglu", ("x", "w1", "w2", "w3"), student, reference, cases, _float_array_mismatch)
