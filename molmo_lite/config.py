@@ -148,3 +148,43 @@ CONNECTOR_PRESETS: dict[str, ConnectorConfig] = {
     # Matches VISION_PRESETS["tiny"] (2 x 96 feature channels) and a tiny LLM of width 128.
     "tiny": ConnectorConfig(input_dim=192, pool_dim=96, heads=4, head_dim=24, hidden_dim=256, llm_dim=128),
 }
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """A decoder-only LLM (chapter 04). Defaults: Qwen2-7B as in Molmo-7B-D.
+
+    qkv_bias: Qwen2's biases on q/k/v. qk_norm: OLMo 2's RMSNorm over the full q and k projections. norm_after:
+    OLMo 2's layout, x + norm(block(x)), instead of the pre-norm x + block(norm(x)). additional_vocab: Molmo's extra
+    embedding rows for its new tokens (128), trained with the connector; the output head is not extended.
+    """
+
+    vocab_size: int = 152064
+    hidden: int = 3584
+    layers: int = 28
+    heads: int = 28
+    kv_heads: int = 4
+    head_dim: int | None = None  # default hidden // heads
+    intermediate: int = 18944
+    rope_theta: float = 1_000_000.0
+    rms_eps: float = 1e-6
+    qkv_bias: bool = True
+    qk_norm: bool = False
+    norm_after: bool = False
+    tie_embeddings: bool = False
+    additional_vocab: int = 128
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+
+LLM_PRESETS: dict[str, LLMConfig] = {
+    "qwen2-7b": LLMConfig(),
+    # OLMo-7B-1024 (Molmo-7B-O): the OLMo 2 layout.
+    "olmo-7b": LLMConfig(vocab_size=100352, hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008,
+                         rope_theta=500_000.0, rms_eps=1e-6, qkv_bias=False, qk_norm=True, norm_after=True),
+    # CPU-sized, Qwen2-style, for the tiny BPE tokenizer of data_samples/ (1024 ids).
+    "tiny": LLMConfig(vocab_size=1024, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384,
+                      rope_theta=10_000.0, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True, additional_vocab=128),
+}
