@@ -184,7 +184,7 @@ LLM_PRESETS: dict[str, LLMConfig] = {
     # OLMo-7B-1024 (Molmo-7B-O): the OLMo 2 layout.
     "olmo-7b": LLMConfig(vocab_size=100352, hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008,
                          rope_theta=500_000.0, rms_eps=1e-6, qkv_bias=False, qk_norm=True, norm_after=True),
-    # CPU-sized, Qwen2-style, for the tiny BPE tokenizer of data_samples/ (1024 ids).
-    "tiny": LLMConfig(vocab_size=1024, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384,
+    # CPU-sized, Qwen2-style, for the tiny BPE tokenizer of data_samples/ (512 ids; image tokens 512-516).
+    "tiny": LLMConfig(vocab_size=512, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384,
                       rope_theta=10_000.0, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True, additional_vocab=128),
 }

@@ -13,6 +13,7 @@ one explicit name map. A KV cache makes generation cost one token per step inste
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -38,9 +39,15 @@ class RMSNorm(nn.Module):
         return (self.weight * h).to(x.dtype)
 
 
+@functools.lru_cache(maxsize=32)
+def rope_inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    """theta^(-2i / head_dim) for i < head_dim / 2, float32; cached, as decoding asks for it at every step."""
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding tables for positions [B, T] -> cos, sin [B, 1, T, head_dim] (frequencies repeated twice)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
+    inv_freq = rope_inv_freq(head_dim, float(theta), positions.device)
     angles = positions.float()[..., None] * inv_freq  # [B, T, head_dim / 2]
     angles = torch.cat([angles, angles], dim=-1)[:, None]
     return angles.cos(), angles.sin()
@@ -169,9 +176,14 @@ def build_mask(attention_mask: torch.Tensor | None, b: int, t: int, past: int, d
     to everything instead, which keeps them finite; their outputs are never used.
     """
     s = past + t
+    if t == 1 and (attention_mask is None or attention_mask.dim() == 2):  # one new token: causality allows all keys
+        if attention_mask is None:
+            return None
+        allowed = attention_mask.bool()[:, None, None, :]
+        return allowed | ~allowed.any(dim=-1, keepdim=True)
     causal = torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=past)
     if attention_mask is None:
-        return None if t == 1 else causal[None, None]  # one new token may attend to everything before it
+        return causal[None, None]
     if attention_mask.dim() == 2:
         allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]
     else:
@@ -191,6 +203,15 @@ class LLM(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.norm = RMSNorm(config.hidden, config.rms_eps)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-style start for training from scratch: N(0, 0.02) weights, zero biases (so logits start near 0)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(
         self,
@@ -214,9 +235,12 @@ class LLM(nn.Module):
             else:
                 position_ids = torch.arange(past, past + t, device=x.device).expand(b, t)
         cos, sin = rope_cos_sin(position_ids, self.config.dim_per_head, self.config.rope_theta)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         mask = build_mask(attention_mask, b, t, past, x.device)
+        if mask is not None:  # True / False -> 0 / -inf once here, rather than inside every layer's attention
+            mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         for i, block in enumerate(self.blocks):
-            x = block(x, cos.to(x.dtype), sin.to(x.dtype), mask, cache, i)
+            x = block(x, cos, sin, mask, cache, i)
         if cache is not None:
             cache.length += t
         return self.logits(self.norm(x))
@@ -228,7 +252,6 @@ class LLM(nn.Module):
 
     # ------------------------------------------------------------------------------------------------- generation
 
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
                  eos_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
         """Greedy decoding -> new tokens [B, max_new_tokens] (after eos_id, a row repeats eos_id).
@@ -236,27 +259,33 @@ class LLM(nn.Module):
         Prompts may be left- or right-padded (attention_mask 1 = real token): they are left-aligned first, so
         every row continues from its own last real token.
         """
-        ids, mask = left_align(input_ids, attention_mask)
-        b = ids.shape[0]
-        out = torch.empty(b, max_new_tokens, dtype=torch.long, device=ids.device)
-        done = torch.zeros(b, dtype=torch.bool, device=ids.device)
-        cache = KVCache(self.config, b, ids.shape[1] + max_new_tokens, ids.device,
-                        self.embed.base.weight.dtype) if use_cache else None
-        step_ids = ids
-        for step in range(max_new_tokens):
-            if use_cache:
-                logits = self(step_ids, attention_mask=mask, cache=cache)
-            else:
-                logits = self(ids, attention_mask=mask)
-            token = logits[:, -1].argmax(-1)
-            if eos_id is not None:
-                token = torch.where(done, torch.full_like(token, eos_id), token)
-                done |= token == eos_id
-            out[:, step] = token
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            step_ids = token[:, None]
-        return out
+        with torch.inference_mode():  # as no_grad, and lighter: no version counters or view tracking
+            ids, mask = left_align(input_ids, attention_mask)
+            b, prompt = ids.shape
+            out = torch.empty(b, max_new_tokens, dtype=torch.long, device=ids.device)
+            done = torch.zeros(b, dtype=torch.bool, device=ids.device)
+            # The padding mask of the prompt and of every token to come, built once (each step reads a prefix of it);
+            # none at all when nothing is padded, so one new token needs no mask.
+            full_mask = None if bool(mask.all()) else torch.cat([mask, mask.new_ones(b, max_new_tokens)], dim=1)
+            cache = KVCache(self.config, b, prompt + max_new_tokens, ids.device,
+                            self.embed.base.weight.dtype) if use_cache else None
+            step_ids = ids
+            step_positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding does not shift the positions
+            for step in range(max_new_tokens):
+                step_mask = None if full_mask is None else full_mask[:, :prompt + step]
+                if use_cache:  # only the new tokens: the cache holds the keys and values of the ones before
+                    logits = self(step_ids, attention_mask=step_mask, position_ids=step_positions, cache=cache)
+                else:  # the whole sequence again
+                    logits = self(ids, attention_mask=step_mask)
+                token = logits[:, -1].argmax(-1)
+                if eos_id is not None:
+                    token = torch.where(done, torch.full_like(token, eos_id), token)
+                    done |= token == eos_id
+                out[:, step] = token
+                step_ids, step_positions = token[:, None], step_positions[:, -1:] + 1
+                if not use_cache:
+                    ids = torch.cat([ids, step_ids], dim=1)
+        return out.clone()  # an ordinary tensor again: inference tensors cannot be saved for a later backward
 
     # ---------------------------------------------------------------------------------------------------- loading
 

@@ -1,0 +1,169 @@
+"""The course's text corpus: every kind of line the tiny Molmo reads and writes (the tiny BPE of chapter 05 learns it).
+
+Lines are built from the synthetic scenes of ``synthetic.py`` in Molmo's text formats (allenai/molmo,
+olmo/data/data_formatter.py):
+
+    caption   " long_caption 5: a red circle at the top left and a blue square at the centre"
+    pointing  " User: Point to the red circle Assistant: <point x="16.2" y="14.9" alt="red circle">red circle</point>"
+    counting  " User: point_count: How many circles are there? Assistant: Counting the <points x1="..." ...
+               alt="circles">circles</points> shows a total of 2."   /   "... Assistant: There are none."
+    qa        " User: What colour is the square at the top left? Assistant: blue"
+    clock     " User: clocks: What time is shown? Assistant: 3:45"
+
+Image tokens never appear here: the tokenizer adds them as whole tokens, so BPE must not spend merges on them.
+Deterministic: the same (n, seed) always gives the same lines.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .synthetic import COLOURS, SHAPES, SceneObject, caption_scene, random_scene
+
+KINDS = ("caption", "pointing", "counting", "qa", "clock")
+KIND_WEIGHTS = (0.3, 0.25, 0.2, 0.15, 0.1)
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# Like Molmo's data formatter, each task draws its question from several templates ({label}: what to point at).
+CAPTION_PROMPTS = ("Describe this image.", "Describe this image in detail.", "What do you see in this image?",
+                   "Write a short caption for this image.", "Tell me about the shapes in this picture.")
+POINT_PROMPTS = ("Point to the {label}", "Point to all the {label}", "Point to any {label} in the image",
+                 "Locate the {label}.", "Show me the {label}.",
+                 "Point to the {label}\nPlease say 'There are none.' if it is not in the image.")
+COUNT_PROMPTS = ("How many {label} are there?", "Count the {label} in the image.", "How many {label} are in the image?",
+                 "What is the number of {label}?", "Count how many {label} you can see.")
+CLOCK_PROMPTS = ("What time is shown?", "What time does the clock show?", "What time is it?",
+                 "Read the time on the clock.")
+
+
+def course_corpus(n: int = 20000, seed: int = 0) -> list[str]:
+    """n deterministic lines of course text (captions, prompts, pointing and counting answers, QA, clock times)."""
+    rng = np.random.default_rng(seed)
+    makers = {"caption": caption_line, "pointing": pointing_line, "counting": counting_line, "qa": qa_line,
+              "clock": clock_line}
+    kinds = rng.choice(len(KINDS), size=n, p=KIND_WEIGHTS)
+    return [makers[KINDS[k]](rng) for k in kinds]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Formats (pointing.py and prompts.py will own the canonical versions; these follow Molmo's).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def points_text(points: list[tuple[float, float]], label: str) -> str:
+    """Molmo's pointing answer: <point ...> for one point, <points x1= y1= ...> for several, "There are none." for
+    zero. Coordinates are percent of the image (0-100), printed %.1f, sorted by x then y."""
+    points = sorted(points)
+    if not points:
+        return "There are none."
+    if len(points) == 1:
+        x, y = points[0]
+        return f'<point x="{x:.1f}" y="{y:.1f}" alt="{label}">{label}</point>'
+    coords = " ".join(f'x{i}="{x:.1f}" y{i}="{y:.1f}"' for i, (x, y) in enumerate(points, start=1))
+    return f'<points {coords} alt="{label}">{label}</points>'
+
+
+def count_text(points: list[tuple[float, float]], label: str) -> str:
+    """Molmo's counting answer: "Counting the <points ...>label</points> shows a total of N.", or "There are none."."""
+    if not points:
+        return "There are none."
+    return f"Counting the {points_text(points, label)} shows a total of {len(points)}."
+
+
+def chat(question: str, answer: str, style: str | None = None) -> str:
+    """One SFT turn as the model reads it: ' User: {style}: {question} Assistant: {answer}'."""
+    prefix = f"{style}: " if style else ""
+    return f" User: {prefix}{question} Assistant: {answer}"
+
+
+def _plural(shape: str) -> str:
+    return shape + "s"
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _style(rng: np.random.Generator, style: str, p: float = 0.1) -> str | None:
+    """Demo styles (pointing, point_count, user_qa, long_caption) carry their prefix only some of the time."""
+    return style if rng.random() < p else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One line of each kind.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def caption_line(rng: np.random.Generator) -> str:
+    """Stage 1: ' long_caption {hint}: {caption}' with Molmo's noisy length hint (none 10% of the time); or, 1 in 4,
+    the same caption asked for in a chat turn (SFT's demo captions)."""
+    caption = caption_scene(random_scene(rng, max_objects=4))
+    if rng.random() < 0.25:
+        return chat(_pick(rng, CAPTION_PROMPTS), caption, style=_style(rng, "long_caption"))
+    hint = "" if rng.random() < 0.1 else str(max(0, (len(caption) + int(rng.normal(0, 25))) // 15))
+    return f" long_caption {hint}: {caption}"
+
+
+def _target(rng: np.random.Generator, objects: list[SceneObject]) -> tuple[str, list[tuple[float, float]]]:
+    """A label to point at (a colour+shape, a shape, or a colour) and the scene points it names (maybe none)."""
+    how = rng.integers(3)
+    colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+    if rng.random() < 0.7:  # mostly ask about something that is there
+        obj = objects[int(rng.integers(len(objects)))]
+        colour, shape = obj.colour, obj.shape
+    if how == 0:
+        label, hits = f"{colour} {shape}", [o for o in objects if (o.colour, o.shape) == (colour, shape)]
+    elif how == 1:
+        label, hits = _plural(shape), [o for o in objects if o.shape == shape]
+    else:
+        label, hits = f"{colour} shapes", [o for o in objects if o.colour == colour]
+    return label, [(o.x, o.y) for o in hits]
+
+
+def pointing_line(rng: np.random.Generator) -> str:
+    """'Point to the X' (or point_qa 'Where is the X?') answered with <point>/<points> or 'There are none.'"""
+    label, points = _target(rng, random_scene(rng, max_objects=6))
+    if rng.random() < 0.3:
+        return chat(f"Where is the {label}?", points_text(points, label), style="point_qa")
+    question = _pick(rng, POINT_PROMPTS).format(label=label)
+    return chat(question, points_text(points, label), style=_style(rng, "pointing"))
+
+
+def counting_line(rng: np.random.Generator) -> str:
+    """'How many X are there?' answered by pointing then counting, or with a bare number ('No pointing: ')."""
+    label, points = _target(rng, random_scene(rng, max_objects=6))
+    plural = label if label.endswith("s") else _plural(label)
+    if rng.random() < 0.2:
+        return chat(f"No pointing: How many {plural} are there?", str(len(points)))
+    question = _pick(rng, COUNT_PROMPTS).format(label=plural)
+    return chat(question, count_text(points, plural), style=_style(rng, "point_count", 0.5))
+
+
+def qa_line(rng: np.random.Generator) -> str:
+    """Short-answer questions about a scene: colour, shape, position, presence, number of shapes."""
+    objects = random_scene(rng, max_objects=4, min_objects=2)
+    obj, other = (objects[int(i)] for i in rng.permutation(len(objects))[:2])
+    leftmost = min(objects, key=lambda o: o.x)
+    questions = [
+        (f"What colour is the {obj.shape} at the {obj.region}?", obj.colour),
+        (f"What shape is at the {obj.region}?", obj.shape),
+        (f"Where is the {obj.colour} {obj.shape}?", f"at the {obj.region}"),
+        (f"Is there {_a(obj.colour)} {obj.colour} {obj.shape}?", "yes"),
+        (f"Is the {obj.colour} {obj.shape} above the {other.colour} {other.shape}?",
+         "yes" if obj.y < other.y else "no"),
+        ("Which shape is furthest to the left?", f"the {leftmost.colour} {leftmost.shape}"),
+        ("How many shapes are there?", str(len(objects)) if rng.random() < 0.7 else NUMBER_WORDS[len(objects)]),
+    ]
+    question, answer = questions[int(rng.integers(len(questions)))]
+    return chat(question, answer, style=_style(rng, "user_qa"))
+
+
+def clock_line(rng: np.random.Generator) -> str:
+    """'What time is shown?' answered 'H:MM' (sometimes 'H:MM:SS'), as Molmo's clock data."""
+    hour, minute, second = int(rng.integers(1, 13)), int(rng.integers(60)), int(rng.integers(60))
+    time = f"{hour}:{minute:02d}" + (f":{second:02d}" if rng.random() < 0.2 else "")
+    return chat(_pick(rng, CLOCK_PROMPTS), time, style="clocks")

@@ -1,0 +1,118 @@
+"""Pre-training the tiny language model on the course's own text (chapter 04).
+
+Molmo starts from a pretrained LLM (Qwen2, OLMo); the course's tiny LLM learns the language it will need -- captions,
+prompts, pointing tags with coordinates, counts, clock times -- by next-token prediction on ``course_corpus()``.
+Lines are tokenized, joined with EOS and cut into fixed-length windows (GPT-style packing). ``tiny_lm()`` gives later
+chapters that model, training it first if it is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import CHECKPOINT_DIR, LLM_PRESETS, LLMConfig
+from .data.corpus import course_corpus
+from .llm import LLM, load_llm, save_llm
+from .tokenizer import MolmoTokenizer
+
+
+def pack_lines(tokenizer: MolmoTokenizer, lines: list[str], seq_len: int) -> torch.Tensor:
+    """Tokenize lines, join them with EOS, and cut into windows [n, seq_len + 1] (inputs = [:-1], targets = [1:])."""
+    ids: list[int] = []
+    for line in lines:
+        ids.extend(tokenizer.encode(line))
+        ids.append(tokenizer.eos_id)
+    n = len(ids) // (seq_len + 1)
+    return torch.tensor(ids[: n * (seq_len + 1)], dtype=torch.long).view(n, seq_len + 1)
+
+
+def lm_loss(model: LLM, windows: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over windows [B, L + 1]."""
+    logits = model(windows[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def evaluate_loss(model: LLM, windows: torch.Tensor, batch_size: int = 64) -> float:
+    model.eval()
+    losses = [lm_loss(model, windows[i : i + batch_size]).item() * len(windows[i : i + batch_size])
+              for i in range(0, len(windows), batch_size)]
+    return sum(losses) / len(windows)
+
+
+def train_lm(model: LLM, windows: torch.Tensor, steps: int = 400, batch_size: int = 16, lr: float = 3e-3,
+             seed: int = 0, log_every: int = 50) -> list[dict]:
+    """AdamW (0.9, 0.95), linear warmup then cosine to 10%, grad clipping 1.0; returns the loss history."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    history, start = [], time.perf_counter()
+    model.train()
+    for step in range(1, steps + 1):
+        batch = windows[torch.randint(len(windows), (batch_size,), generator=gen)]
+        loss = lm_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            history.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - start})
+    model.eval()
+    return history
+
+
+def complete(model: LLM, tokenizer: MolmoTokenizer, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
+    """Greedy continuations of ``prompts`` (batched, left-padded), cut at EOS."""
+    ids, mask = tokenizer.encode_batch(prompts, pad_side="left")
+    new = model.generate(ids, mask, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id)
+    texts = []
+    for row in new.tolist():
+        row = row[: row.index(tokenizer.eos_id)] if tokenizer.eos_id in row else row
+        texts.append(tokenizer.decode(row))
+    return texts
+
+
+SAMPLE_PROMPTS = [" long_caption 40:", " User: point_qa: Point to the red circle Assistant:",
+                  " User: clocks: What time is it? Assistant:", " User: How many blue shapes are there? Assistant:"]
+
+
+def pretrain_tiny_lm(steps: int = 400, seq_len: int = 128, n_lines: int = 20000, seed: int = 0,
+                     config: LLMConfig | None = None) -> tuple[LLM, MolmoTokenizer, dict]:
+    """Train the tiny LLM on the course corpus; returns model, tokenizer and a report (held-out loss before/after,
+    samples before/after)."""
+    torch.manual_seed(seed)
+    tokenizer = MolmoTokenizer.tiny()
+    config = config or LLM_PRESETS["tiny"]
+    train = pack_lines(tokenizer, course_corpus(n_lines, seed=seed), seq_len)
+    heldout = pack_lines(tokenizer, course_corpus(1000, seed=seed + 10_000), seq_len)
+    model = LLM(config)
+    report = {"heldout_loss_before": evaluate_loss(model, heldout),
+              "samples_before": complete(model, tokenizer, SAMPLE_PROMPTS)}
+    report["history"] = train_lm(model, train, steps=steps, seed=seed)
+    report["heldout_loss_after"] = evaluate_loss(model, heldout)
+    report["samples_after"] = complete(model, tokenizer, SAMPLE_PROMPTS)
+    return model, tokenizer, report
+
+
+def tiny_lm(directory: Path | None = None, steps: int = 400) -> LLM:
+    """The tiny pretrained LLM of chapter 04: loaded from ``directory`` (default checkpoints/tiny_lm), or trained and
+    saved there first if it is missing (a minute or two on a laptop CPU)."""
+    directory = Path(directory or CHECKPOINT_DIR / "tiny_lm")
+    if not (directory / "model.safetensors").exists():
+        model, _, _ = pretrain_tiny_lm(steps=steps)
+        save_llm(model, directory)
+    return load_llm(directory)
