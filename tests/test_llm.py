@@ -135,6 +135,20 @@ def test_greedy_generation_cached_uncached_and_transformers_agree(name, side):
     assert cached.shape == (3, 64)
 
 
+def test_unpadded_generation_agrees_and_returns_an_ordinary_tensor():
+    reference = qwen2()
+    ours = LLM.from_hf(reference).eval()
+    ids = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(8))
+    cached = ours.generate(ids, max_new_tokens=16)  # no attention_mask: the decoding steps need no mask at all
+    assert torch.equal(cached, ours.generate(ids, torch.ones_like(ids), max_new_tokens=16, use_cache=False))
+    with torch.no_grad():
+        theirs = reference.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False, eos_token_id=None,
+                                    pad_token_id=0)
+    assert torch.equal(cached, theirs[:, ids.shape[1]:])
+    assert not cached.is_inference()  # generate runs under inference_mode but hands back a tensor autograd accepts
+    ours.train()(torch.cat([ids, cached], dim=1)).sum().backward()
+
+
 def test_left_align_moves_padding_to_the_left_and_keeps_order():
     ids = torch.tensor([[5, 6, 0, 0], [0, 7, 8, 9]])
     mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks import decode
 from benchmarks.preprocess import MARKERS, readme_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,12 @@ def test_benchmark_table_comes_from_the_benchmark_json():
     result = json.loads((ROOT / "benchmarks" / "results" / "preprocess.json").read_text())
     quoted = README.split(MARKERS[0], 1)[1].split(MARKERS[1], 1)[0].strip()
     assert quoted == readme_table(result), "rerun `python benchmarks/preprocess.py` to refresh the README"
+
+
+def test_decode_benchmark_table_comes_from_the_benchmark_json():
+    result = json.loads((ROOT / "benchmarks" / "results" / "decode.json").read_text())
+    quoted = README.split(decode.MARKERS[0], 1)[1].split(decode.MARKERS[1], 1)[0].strip()
+    assert quoted == decode.readme_table(result), "rerun `python benchmarks/decode.py` to refresh the README"
 
 
 def test_ready_chapters_exist():
