@@ -38,7 +38,8 @@ notebooks: $(STAMP)
 	cd solutions && ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace *.ipynb
 
 bench: $(STAMP)
-	$(PY) benchmarks/preprocess.py
+	$(PY) -m benchmarks.preprocess
+	$(PY) -m benchmarks.decode
 
 clean:
 	rm -rf outputs .pytest_cache

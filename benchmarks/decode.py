@@ -9,7 +9,7 @@ Qwen2ForCausalLM built from an equal Qwen2Config (its default SDPA attention), a
 state; each one's time is the best of --rounds tries of the whole generate call, torch's default thread count.
 Tokens/s = batch * new tokens / seconds. Writes JSON (default benchmarks/results/decode.json).
 
-    python benchmarks/decode.py [--rounds 5] [--new-tokens 64] [--out PATH] [--no-readme]
+    python -m benchmarks.decode [--rounds 5] [--new-tokens 64] [--out PATH] [--no-readme]
 
 It also rewrites the table between the <!-- decode-benchmark --> markers of README.md from the JSON, so the README
 never quotes a figure the script did not produce (tests/test_readme.py checks they agree).
@@ -18,14 +18,12 @@ never quotes a figure the script did not produce (tests/test_readme.py checks th
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import machine_info, publish
 from molmo_lite.config import LLM_PRESETS
 from molmo_lite.llm import LLM
 
@@ -34,8 +32,6 @@ BATCH_LENGTHS = {1: [32], 4: [32, 27, 21, 14]}  # real prompt lengths per row, l
 
 CACHED, UNCACHED, HF = "molmo_lite cached", "molmo_lite uncached", "transformers generate"
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-MARKERS = ("<!-- decode-benchmark -->", "<!-- /decode-benchmark -->")
 
 
 def reference_model(seed: int = 0):
@@ -111,11 +107,6 @@ def readme_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(result: dict, readme: Path = README) -> None:
-    text = readme.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    readme.write_text(text[:start] + "\n" + readme_table(result) + "\n" + text[end:])
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -152,23 +143,14 @@ def main() -> None:
         "tokens_per_second": {b: {k: round(v, 1) for k, v in tps.items()} for b, tps in tokens_per_second.items()},
         "ratio_cached_vs_uncached": {b: round(tps[CACHED] / tps[UNCACHED], 3) for b, tps in tokens_per_second.items()},
         "ratio_cached_vs_transformers": {b: round(tps[CACHED] / tps[HF], 3) for b, tps in tokens_per_second.items()},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": machine_info(),
     }
-    import transformers
-
-    result["machine"]["transformers"] = transformers.__version__
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     for batch, tps in tokens_per_second.items():
         for name, value in tps.items():
             print(f"batch {batch}  {name:<24} {value:9.1f} tokens/s")
         print(f"batch {batch}  cached / uncached: {result['ratio_cached_vs_uncached'][batch]:.2f}x   "
               f"cached / transformers: {result['ratio_cached_vs_transformers'][batch]:.2f}x")
-    print("wrote", args.out)
-    if not args.no_readme:
-        update_readme(result)
-        print("updated", README)
+    publish("decode", result, readme_table(result), args.out, update_readme=not args.no_readme)
 
 
 if __name__ == "__main__":

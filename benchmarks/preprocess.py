@@ -4,7 +4,7 @@ Both processors see the same 64 seeded images of mixed sizes (uint8 arrays, 100 
 landscape and extreme strips), one image per call as a data loader would, in one run, taking turns image by image
 so that all meet the same machine state; each image's time is the best of --rounds tries. Writes JSON (default benchmarks/results/preprocess.json) and prints the ratio.
 
-    python benchmarks/preprocess.py [--rounds 5] [--out PATH] [--no-readme]
+    python -m benchmarks.preprocess [--rounds 5] [--out PATH] [--no-readme]
 
 It also rewrites the table between the <!-- preprocess-benchmark --> markers of README.md from the JSON, so the
 README never quotes a figure the script did not produce (tests/test_readme.py checks they agree).
@@ -13,15 +13,12 @@ README never quotes a figure the script did not produce (tests/test_readme.py ch
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from benchmarks.common import machine_info, publish
 from molmo_lite.config import CLIP_MEAN, CLIP_STD
 from molmo_lite.preprocessing import MolmoImageProcessor
 
@@ -33,8 +30,6 @@ def make_images(n: int = 64, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in sizes]
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-MARKERS = ("<!-- preprocess-benchmark -->", "<!-- /preprocess-benchmark -->")
 LABELS = {
     "molmo_lite (Molmo: pad, antialias)": "molmo_lite, Molmo's resize (keep aspect, pad, antialias)",
     "molmo_lite (stretch, no antialias, as Molmo2)": "molmo_lite, Molmo2's resize (stretch, no antialias)",
@@ -50,11 +45,6 @@ def readme_table(result: dict) -> str:
         lines.append(f"| {LABELS[name]} | {value:.2f} | {ratio:.2f}x |")
     return "\n".join(lines)
 
-
-def update_readme(result: dict, readme: Path = README) -> None:
-    text = readme.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    readme.write_text(text[:start] + "\n" + readme_table(result) + "\n" + text[end:])
 
 
 def best_seconds_per_image(candidates: dict, images: list[np.ndarray], rounds: int) -> dict[str, float]:
@@ -107,19 +97,13 @@ def main() -> None:
         "rounds": args.rounds,
         "images_per_second": {k: round(v, 2) for k, v in per_second.items()},
         "ratio_vs_transformers": {k: round(v / per_second[ref_name], 3) for k, v in per_second.items() if k != ref_name},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": machine_info(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, value in per_second.items():
         print(f"{name:<48} {value:8.1f} images/s")
     for name, ratio in result["ratio_vs_transformers"].items():
         print(f"ratio {name} / transformers: {ratio:.2f}")
-    print("wrote", args.out)
-    if not args.no_readme:
-        update_readme(result)
-        print("updated", README)
+    publish("preprocess", result, readme_table(result), args.out, update_readme=not args.no_readme)
 
 
 if __name__ == "__main__":

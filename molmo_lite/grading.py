@@ -453,25 +453,31 @@ def _as_numpy(x: Any) -> Any:
     return np.asarray(x)
 
 
-def _index_array_mismatch(got: Any, expected: Any) -> str | None:
-    """Same shape, integer dtype, same values (numpy arrays and torch tensors alike); else where they differ."""
+def _exact_array_mismatch(got: Any, expected: Any, kinds: str = "iu", wanted: str = "an integer array") -> str | None:
+    """Same shape, a dtype of ``kinds`` (numpy kind letters), equal values (numpy arrays and torch tensors alike);
+    else where they differ."""
     import numpy as np
 
     try:
         got = _as_numpy(got)
     except Exception:
-        return f"returned a {type(got).__name__}, expected an integer array"
+        return f"returned a {type(got).__name__}, expected {wanted}"
     expected = _as_numpy(expected)
     if got.shape != expected.shape:
         return f"returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    if got.dtype.kind not in "iu":
-        return f"returned dtype {got.dtype}, expected an integer array"
+    if got.dtype.kind not in kinds:
+        return f"returned dtype {got.dtype}, expected {wanted}"
     differ = np.argwhere(got != expected)
     if len(differ) == 0:
         return None
     at = tuple(int(i) for i in differ[0])
     first = f"first at {list(at)}: {got[at]} instead of {expected[at]}"
     return f"is wrong at {len(differ)} of {got.size} positions, {first}"
+
+
+def _index_array_mismatch(got: Any, expected: Any) -> str | None:
+    """Integer arrays that must be equal (e.g. patch indices)."""
+    return _exact_array_mismatch(got, expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

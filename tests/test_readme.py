@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import decode
-from benchmarks.preprocess import MARKERS, readme_table
+import pytest
+
+from benchmarks import decode, preprocess
+from benchmarks.common import readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -17,16 +19,10 @@ def test_quick_start_has_the_two_commands():
     assert "make run" in quick_start and "make test" in quick_start
 
 
-def test_benchmark_table_comes_from_the_benchmark_json():
-    result = json.loads((ROOT / "benchmarks" / "results" / "preprocess.json").read_text())
-    quoted = README.split(MARKERS[0], 1)[1].split(MARKERS[1], 1)[0].strip()
-    assert quoted == readme_table(result), "rerun `python benchmarks/preprocess.py` to refresh the README"
-
-
-def test_decode_benchmark_table_comes_from_the_benchmark_json():
-    result = json.loads((ROOT / "benchmarks" / "results" / "decode.json").read_text())
-    quoted = README.split(decode.MARKERS[0], 1)[1].split(decode.MARKERS[1], 1)[0].strip()
-    assert quoted == decode.readme_table(result), "rerun `python benchmarks/decode.py` to refresh the README"
+@pytest.mark.parametrize("name, module", [("preprocess", preprocess), ("decode", decode)])
+def test_benchmark_tables_come_from_the_benchmark_json(name, module):
+    result = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+    assert readme_block(name) == module.readme_table(result), f"rerun `python -m benchmarks.{name}` to refresh the README"
 
 
 def test_ready_chapters_exist():

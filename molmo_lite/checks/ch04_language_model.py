@@ -12,8 +12,8 @@ from typing import Any
 
 from molmo_lite import grading
 from molmo_lite.grading import (
-    _as_numpy,
     _compare_on_cases,
+    _exact_array_mismatch,
     _float_array_mismatch,
     _index_array_mismatch,
     _randomize_,
@@ -26,24 +26,8 @@ from molmo_lite.grading import (
 
 
 def _bool_array_mismatch(got: Any, expected: Any) -> str | None:
-    """Same shape, bool dtype, same values (numpy arrays and torch tensors alike); else where they differ."""
-    import numpy as np
-
-    try:
-        got = _as_numpy(got)
-    except Exception:
-        return f"returned a {type(got).__name__}, expected a bool tensor"
-    expected = _as_numpy(expected)
-    if got.shape != expected.shape:
-        return f"returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    if got.dtype.kind != "b":
-        return f"returned dtype {got.dtype}, expected a bool tensor (True = may attend)"
-    differ = np.argwhere(got != expected)
-    if len(differ) == 0:
-        return None
-    at = tuple(int(i) for i in differ[0])
-    first = f"first at {list(at)}: {bool(got[at])} instead of {bool(expected[at])}"
-    return f"is wrong at {len(differ)} of {got.size} positions, {first}"
+    """Boolean masks that must be equal."""
+    return _exact_array_mismatch(got, expected, kinds="b", wanted="a bool tensor (True = may attend)")
 
 
 @check("04_language_model", "rms_norm")
