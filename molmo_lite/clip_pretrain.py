@@ -8,19 +8,17 @@ JSON config, and ``tiny_encoder()`` gives later chapters that encoder, training 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .checkpoint import load_weights, read_config, save_checkpoint
 from .config import CHECKPOINT_DIR, CLIP_MEAN, CLIP_STD, VISION_PRESETS, VisionConfig
 from .data.synthetic import COLOURS, COLS, ROWS, SHAPES, caption_scenes
 from .preprocessing import normalize
@@ -141,21 +139,11 @@ def train_clip(model: TinyCLIP, images: torch.Tensor, captions: list[str], steps
 
 def save_encoder(vit: VisionTransformer, directory: Path, extra: dict | None = None) -> Path:
     """safetensors weights + config.json (and any ``extra`` facts, e.g. retrieval accuracy); never pickle."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, directory / "model.safetensors")
-    (directory / "config.json").write_text(json.dumps({"vision": asdict(vit.config), **(extra or {})}, indent=2))
-    return directory
+    return save_checkpoint(vit, directory, "vision", extra)
 
 
 def load_encoder(directory: Path) -> VisionTransformer:
-    directory = Path(directory)
-    meta = json.loads((directory / "config.json").read_text())
-    fields = meta["vision"]
-    fields["feature_layers"] = tuple(fields["feature_layers"])
-    vit = VisionTransformer(VisionConfig(**fields))
-    vit.load_state_dict(load_file(directory / "model.safetensors"))
-    return vit.eval()
+    return load_weights(VisionTransformer(read_config(directory, "vision", VisionConfig)), directory)
 
 
 def pretrain_tiny_encoder(steps: int = 600, n_train: int = 6000, n_heldout: int = 256, seed: int = 0,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import fields
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import load_weights, read_config, save_checkpoint
 from .config import LLMConfig
 
 
@@ -390,23 +390,8 @@ def state_from_hf(state: Mapping[str, torch.Tensor], config: LLMConfig) -> dict[
 
 def save_llm(model: LLM, directory: Path) -> Path:
     """safetensors + config.json (our own format; chapters reload it with ``load_llm``)."""
-    from dataclasses import asdict
-
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors")
-    (directory / "config.json").write_text(json.dumps({"llm": asdict(model.config)}, indent=2))
-    return directory
+    return save_checkpoint(model, directory, "llm")
 
 
 def load_llm(directory: Path) -> LLM:
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    cfg = json.loads((directory / "config.json").read_text())["llm"]
-    known = {f.name for f in fields(LLMConfig)}
-    model = LLM(LLMConfig(**{k: v for k, v in cfg.items() if k in known}))
-    model.load_state_dict(load_file(directory / "model.safetensors"))
-    return model.eval()
+    return load_weights(LLM(read_config(directory, "llm", LLMConfig)), directory)
