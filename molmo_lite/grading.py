@@ -453,11 +453,8 @@ def _as_numpy(x: Any) -> Any:
     return np.asarray(x)
 
 
-def _exact_array_mismatch(got: Any, expected: Any, kinds: str = "iu", wanted: str = "an integer array") -> str | None:
-    """Same shape, a dtype of ``kinds`` (numpy kind letters), equal values (numpy arrays and torch tensors alike);
-    else where they differ."""
-    import numpy as np
-
+def _as_comparable_arrays(got: Any, expected: Any, kinds: str, wanted: str) -> tuple[Any, Any] | str:
+    """Both answers as numpy arrays, or a message when the student's has the wrong type, shape or dtype kind."""
     try:
         got = _as_numpy(got)
     except Exception:
@@ -467,6 +464,18 @@ def _exact_array_mismatch(got: Any, expected: Any, kinds: str = "iu", wanted: st
         return f"returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
     if got.dtype.kind not in kinds:
         return f"returned dtype {got.dtype}, expected {wanted}"
+    return got, expected
+
+
+def _exact_array_mismatch(got: Any, expected: Any, kinds: str = "iu", wanted: str = "an integer array") -> str | None:
+    """Same shape, a dtype of ``kinds`` (numpy kind letters), equal values (numpy arrays and torch tensors alike);
+    else where they differ."""
+    import numpy as np
+
+    arrays = _as_comparable_arrays(got, expected, kinds, wanted)
+    if isinstance(arrays, str):
+        return arrays
+    got, expected = arrays
     differ = np.argwhere(got != expected)
     if len(differ) == 0:
         return None
@@ -491,15 +500,10 @@ def _float_array_mismatch(got: Any, expected: Any, tolerance: float = FLOAT_TOLE
     """Same shape and the same values within ``tolerance`` (numpy arrays and torch tensors alike); else where not."""
     import numpy as np
 
-    try:
-        got = _as_numpy(got)
-    except Exception:
-        return f"returned a {type(got).__name__}, expected a tensor"
-    expected = _as_numpy(expected)
-    if got.shape != expected.shape:
-        return f"returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    if got.dtype.kind not in "fiub":
-        return f"returned dtype {got.dtype}, expected a float tensor"
+    arrays = _as_comparable_arrays(got, expected, "fiub", "a float tensor")
+    if isinstance(arrays, str):
+        return arrays
+    got, expected = arrays
     wrong = ~np.isclose(got.astype(np.float64), expected.astype(np.float64), rtol=tolerance, atol=tolerance)
     if not wrong.any():
         return None
