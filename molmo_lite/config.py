@@ -8,7 +8,7 @@ connector, LLM and training configs beside these.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 # The special tokens Molmo adds to the LLM's vocabulary for the image (allenai/molmo, olmo/data/model_preprocessor.py).
@@ -188,3 +188,64 @@ LLM_PRESETS: dict[str, LLMConfig] = {
     "tiny": LLMConfig(vocab_size=512, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384,
                       rope_theta=10_000.0, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True, additional_vocab=128),
 }
+
+
+@dataclass(frozen=True)
+class MolmoConfig:
+    """The whole model (chapter 05): preprocessing, ViT, connector and LLM geometry, plus the loss options.
+
+    tokenizer: "tiny" (the course BPE of data_samples/), or where the released tokenizer lives (a local folder
+               with tokenizer.json, e.g. a downloaded allenai/Molmo-7B-D-0924).
+    z_loss: weight of Molmo's z-loss, ``z_loss * logsumexp(logits)^2`` per loss token (Molmo trains with 1e-4; 0 = off).
+    """
+
+    preprocessor: PreprocessorConfig = PreprocessorConfig()
+    vision: VisionConfig = VisionConfig(output_dim=None)
+    connector: ConnectorConfig = ConnectorConfig()
+    llm: LLMConfig = LLMConfig()
+    tokenizer: str = "tiny"
+    z_loss: float = 0.0
+
+    def __post_init__(self):
+        if self.connector.input_dim != self.vision.feature_dim:
+            raise ValueError(f"connector.input_dim ({self.connector.input_dim}) must equal the ViT's feature channels "
+                             f"({self.vision.feature_dim} = width x {len(self.vision.feature_layers)} layers)")
+        if self.connector.llm_dim != self.llm.hidden:
+            raise ValueError(f"connector.llm_dim ({self.connector.llm_dim}) must equal llm.hidden ({self.llm.hidden})")
+        if (self.vision.image_size, self.vision.patch_size) != (self.preprocessor.crop_size,
+                                                                self.preprocessor.patch_size):
+            raise ValueError("the ViT's image_size / patch_size must equal the preprocessor's crop_size / patch_size")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "MolmoConfig":
+        """Inverse of ``to_dict`` (JSON lists back to tuples; unknown keys are an error, so typos do not pass)."""
+        parts = {"preprocessor": PreprocessorConfig, "vision": VisionConfig, "connector": ConnectorConfig,
+                 "llm": LLMConfig}
+        kwargs = {}
+        for key, value in saved.items():
+            if key in parts:
+                value = parts[key](**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            kwargs[key] = value
+        return cls(**kwargs)
+
+
+MOLMO_PRESETS: dict[str, MolmoConfig] = {
+    # CPU-sized: the tiny preprocessor, ViT (its CLIP head dropped), connector and LLM of chapters 01-04.
+    "tiny": MolmoConfig(preprocessor=PREPROCESSOR_PRESETS["tiny"], vision=replace(VISION_PRESETS["tiny"], output_dim=None),
+                        connector=CONNECTOR_PRESETS["tiny"], llm=LLM_PRESETS["tiny"]),
+    # The released geometries (config only: the weights are loaded in chapter 13).
+    "molmo-7b-d": MolmoConfig(tokenizer="allenai/Molmo-7B-D-0924"),
+    "molmo-7b-o": MolmoConfig(connector=replace(CONNECTOR_PRESETS["molmo"], hidden_dim=11008, llm_dim=4096),
+                              llm=LLM_PRESETS["olmo-7b"], tokenizer="allenai/Molmo-7B-O-0924"),
+}
+
+
+def molmo_preset(name: str) -> MolmoConfig:
+    """The named whole-model config; ValueError lists the known names."""
+    try:
+        return MOLMO_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(MOLMO_PRESETS)}") from None

@@ -253,14 +253,22 @@ class LLM(nn.Module):
     # ------------------------------------------------------------------------------------------------- generation
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
-                 eos_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
-        """Greedy decoding -> new tokens [B, max_new_tokens] (after eos_id, a row repeats eos_id).
+                 eos_id: int | None = None, use_cache: bool = True,
+                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy decoding -> new tokens [B, max_new_tokens] (after eos_id, a row repeats eos_id; decoding stops
+        early once every row has written it).
 
         Prompts may be left- or right-padded (attention_mask 1 = real token): they are left-aligned first, so
-        every row continues from its own last real token.
+        every row continues from its own last real token. inputs_embeds [B, T, D]: the prompt's embeddings when they
+        are not just the token embeddings of input_ids (MolmoLite adds image features to them); input_ids must
+        still be given (the uncached path re-embeds the new tokens from their ids).
         """
         with torch.inference_mode():  # as no_grad, and lighter: no version counters or view tracking
-            ids, mask = left_align(input_ids, attention_mask)
+            order = left_align_order(input_ids, attention_mask)
+            ids = input_ids.gather(1, order)
+            mask = torch.ones_like(ids) if attention_mask is None else attention_mask.long().gather(1, order)
+            embeds = None if inputs_embeds is None else inputs_embeds.gather(
+                1, order[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
             b, prompt = ids.shape
             out = torch.empty(b, max_new_tokens, dtype=torch.long, device=ids.device)
             done = torch.zeros(b, dtype=torch.bool, device=ids.device)
@@ -269,22 +277,28 @@ class LLM(nn.Module):
             full_mask = None if bool(mask.all()) else torch.cat([mask, mask.new_ones(b, max_new_tokens)], dim=1)
             cache = KVCache(self.config, b, prompt + max_new_tokens, ids.device,
                             self.embed.base.weight.dtype) if use_cache else None
-            step_ids = ids
+            step_ids, step_embeds = ids, embeds
             step_positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding does not shift the positions
             for step in range(max_new_tokens):
                 step_mask = None if full_mask is None else full_mask[:, :prompt + step]
                 if use_cache:  # only the new tokens: the cache holds the keys and values of the ones before
-                    logits = self(step_ids, attention_mask=step_mask, position_ids=step_positions, cache=cache)
+                    logits = self(step_ids if step_embeds is None else None, attention_mask=step_mask,
+                                  position_ids=step_positions, inputs_embeds=step_embeds, cache=cache)
                 else:  # the whole sequence again
-                    logits = self(ids, attention_mask=step_mask)
+                    logits = self(ids if embeds is None else None, attention_mask=step_mask, inputs_embeds=embeds)
                 token = logits[:, -1].argmax(-1)
                 if eos_id is not None:
                     token = torch.where(done, torch.full_like(token, eos_id), token)
                     done |= token == eos_id
                 out[:, step] = token
-                step_ids, step_positions = token[:, None], step_positions[:, -1:] + 1
+                if eos_id is not None and bool(done.all()):
+                    out[:, step + 1:] = eos_id
+                    break
+                step_ids, step_embeds, step_positions = token[:, None], None, step_positions[:, -1:] + 1
                 if not use_cache:
                     ids = torch.cat([ids, step_ids], dim=1)
+                    if embeds is not None:
+                        embeds = torch.cat([embeds, self.embed(step_ids)], dim=1)
         return out.clone()  # an ordinary tensor again: inference tensors cannot be saved for a later backward
 
     # ---------------------------------------------------------------------------------------------------- loading
@@ -314,13 +328,19 @@ class LLM(nn.Module):
         return model
 
 
+def left_align_order(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The permutation [B, T] that moves every row's real tokens to the right end, keeping their order."""
+    if mask is None:
+        return torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    return torch.argsort(mask.long(), dim=1, stable=True)  # padding (0) first, then the real tokens in order
+
+
 def left_align(ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Move every row's real tokens to the right end (left padding), keeping their order; returns (ids, mask)."""
     if mask is None:
         return ids, torch.ones_like(ids)
-    mask = mask.long()
-    order = torch.argsort(mask, dim=1, stable=True)  # padding (0) first, then the real tokens in order
-    return ids.gather(1, order), mask.gather(1, order)
+    order = left_align_order(ids, mask)
+    return ids.gather(1, order), mask.long().gather(1, order)
 
 
 def _read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -506,3 +506,25 @@ def _validate(cfg: PreprocessorConfig) -> None:
         raise ValueError(f"pooling must be two positive sizes, got {cfg.pooling}")
     if cfg.resize not in ("pad", "stretch"):
         raise ValueError(f"resize must be 'pad' (Molmo) or 'stretch' (Molmo2), got {cfg.resize!r}")
+
+
+def batch_images(images: Sequence[ImageInputs]) -> dict[str, torch.Tensor]:
+    """Several images' inputs -> one batch for the model (images may differ in size and number of crops).
+
+    crops [sum n_crops, 3, S, S] and patch_pad_fraction [sum n_crops, (S/P)^2] are concatenated image after image;
+    pooled_patches_idx [sum n_image_features, k] is shifted so that it indexes the flattened patches of ALL crops
+    (-1 stays -1). The features come out in the same order, image after image, as the <im_patch> tokens of a batch
+    whose rows hold the images in this order.
+    """
+    if not images:
+        raise ValueError("batch_images needs at least one ImageInputs")
+    idx, offset = [], 0
+    for inputs in images:
+        pooled = inputs.pooled_patches_idx
+        idx.append(torch.where(pooled >= 0, pooled + offset, pooled))
+        offset += inputs.patch_pad_fraction.numel()
+    return {
+        "crops": torch.cat([inputs.crops for inputs in images]),
+        "patch_pad_fraction": torch.cat([inputs.patch_pad_fraction for inputs in images]),
+        "pooled_patches_idx": torch.cat(idx),
+    }

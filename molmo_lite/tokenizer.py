@@ -190,6 +190,17 @@ class MolmoTokenizer:
             mask[b, span] = 1
         return ids, mask
 
+    def save(self, directory: str | Path) -> Path:
+        """Write the base tokenizer into ``directory`` (tokenizer.json, or a transformers tokenizer's files) so that
+        ``MolmoTokenizer.from_file(directory, pad_to=...)`` loads it back."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.base.is_hf:
+            self.base.tok.save_pretrained(directory)
+        else:
+            self.base.tok.save(str(directory / "tokenizer.json"))
+        return directory
+
     def __repr__(self) -> str:
         return (f"MolmoTokenizer(base={type(self.base.tok).__name__}, base_vocab_size={self.base_vocab_size}, "
                 f"vocab_size={self.vocab_size}, eos_id={self.eos_id}, bos_id={self.bos_id}, pad_id={self.pad_id})")

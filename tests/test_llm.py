@@ -9,17 +9,9 @@ from transformers import Olmo2Config, Olmo2ForCausalLM, Qwen2Config, Qwen2ForCau
 from molmo_lite.config import LLMConfig
 from molmo_lite.llm import LLM, KVCache, build_mask, left_align, load_llm, save_llm
 
+from helpers import randomize
+
 VOCAB = 97
-
-
-def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Non-trivial weights: norms around 1, biases non-zero (random init leaves some at exactly 0 or 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.08 * noise)
-    return model.eval()
 
 
 def qwen2(tie: bool = False) -> Qwen2ForCausalLM:
