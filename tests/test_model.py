@@ -176,3 +176,16 @@ def test_generate_returns_text_cut_at_eos(model):
     ids = model.generate_ids([photo(50, 50, 7)], [user_prompt("Hi")], max_new_tokens=6)[0].tolist()
     eos = model.tokenizer.eos_id
     assert text == model.tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids)
+
+
+def test_a_padded_batch_mixing_image_sizes_and_text_only_rows_equals_each_example_alone(model):
+    images = [model.processor(photo(40, 120, 8)), None, model.processor(photo(160, 60, 9))]
+    examples = [(pack(model.tokenizer, ANNOTATIONS[: k + 1], () if im is None else im.tokens), im)
+                for k, im in enumerate(images)]
+    with torch.no_grad():
+        batched = model(**collate(examples, model.tokenizer.pad_id))
+        for row, example in enumerate(examples):
+            alone = model(**collate([example], model.tokenizer.pad_id))
+            n = len(example[0])
+            torch.testing.assert_close(batched.logits[row, :n], alone.logits[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(batched.per_token_loss[row, :n], alone.per_token_loss[0], rtol=0, atol=1e-5)
