@@ -20,9 +20,9 @@ reads them back (no pickle) and says clearly what is wrong with a folder that is
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ class MolmoLite(nn.Module):
     @classmethod
     def from_parts(cls, config: MolmoConfig | str = "tiny", vision: VisionTransformer | None = None,
                    llm: LLM | None = None, connector: Connector | None = None,
-                   tokenizer: MolmoTokenizer | None = None) -> "MolmoLite":
+                   tokenizer: MolmoTokenizer | None = None) -> MolmoLite:
         """A MolmoLite whose ViT / LLM / connector start from the given (pretrained) modules, as Molmo starts from
         CLIP and Qwen2 (chapter 05 uses the tiny encoder of chapter 02 and the tiny LM of chapter 04). A ViT's CLIP
         head is dropped: Molmo never uses it. The LLM's new-token rows are kept if it has them, else fresh."""
@@ -199,7 +199,7 @@ class MolmoLite(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "MolmoLite":
+    def from_pretrained(cls, directory: str | Path) -> MolmoLite:
         """Load what ``save_pretrained`` wrote; ValueError that names the problem for anything else."""
         directory = Path(directory)
         if not directory.is_dir():

@@ -25,8 +25,9 @@ Nothing here imports the tokenizer: the functions that need one take any object 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomize
 from transformers import Olmo2Config, Olmo2ForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from molmo_lite.config import LLMConfig
 from molmo_lite.llm import LLM, KVCache, build_mask, left_align, load_llm, save_llm
-
-from helpers import randomize
 
 VOCAB = 97
 

@@ -8,13 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import randomize
 
 from molmo_lite.config import MOLMO_PRESETS, MolmoConfig
 from molmo_lite.data.collate import collate
 from molmo_lite.model import MolmoLite, answer_loss
 from molmo_lite.prompts import caption_prompt, pack, user_prompt
-
-from helpers import randomize
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +112,7 @@ def test_changing_one_annotation_leaves_the_others_unchanged(model):
 
 def test_packing_is_not_the_same_as_plain_causal_attention(model):
     """Without subsegment ids the later annotations see the earlier ones: the test above can fail."""
-    packed, out, alone = _separate_and_packed(model, ANNOTATIONS)
+    packed, out, _ = _separate_and_packed(model, ANNOTATIONS)
     image = model.processor(photo(90, 120, 1))
     batch = collate([(packed, image)], model.tokenizer.pad_id)
     del batch["subsegment_ids"], batch["position_ids"]

@@ -9,7 +9,7 @@ text-only example). Rows are right-padded; the images' crops are concatenated (`
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
