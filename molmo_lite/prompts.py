@@ -91,6 +91,31 @@ def multiple_choice(question: str, options: Sequence[str], answer: int) -> tuple
     return text, letters[answer]
 
 
+@dataclass(frozen=True)
+class Message:
+    """One question and its answer as a dataset stores them, before formatting (Molmo's data formatter turns these
+    into prompts). question None: a caption or transcript, whose prompt is the style and a length hint."""
+
+    question: str | None
+    answer: str
+    style: str | None = None
+
+
+def format_messages(messages: Sequence[Message], rng: np.random.Generator | None = None) -> list[Turn]:
+    """Messages -> turns (prompt, response) with Molmo's rules: captions and transcripts get ' {style} {hint}:'
+    (a noisy hint, none 10% of the time; without an rng, as at inference, the default hint 65); questions get
+    ' User: {style}: {question} Assistant:' with the style prefix per ``style_prefixed``."""
+    turns = []
+    for m in messages:
+        if m.question is None:
+            style = m.style or "long_caption"
+            hint = INFERENCE_CAPTION_HINT if rng is None else caption_length_hint(m.answer, rng)
+            turns.append((caption_prompt(hint, style), m.answer))
+        else:
+            turns.append((user_prompt(m.question, m.style, rng), m.answer))
+    return turns
+
+
 # An annotation is a list of turns (prompt, response): the prompt as ``user_prompt`` / ``caption_prompt`` wrote it,
 # the response as plain text (it gets its leading space and EOS here). Several turns make a multi-turn conversation.
 Turn = tuple[str, str]

@@ -122,3 +122,16 @@ def test_collate_pads_rows_and_offsets_image_indices():
     assert torch.equal(idx[: len(small.pooled_patches_idx)], small.pooled_patches_idx)
     tail, ref = idx[len(small.pooled_patches_idx):], wide.pooled_patches_idx
     assert torch.equal(tail, torch.where(ref >= 0, ref + n_small, ref))
+
+
+def test_format_messages_applies_caption_hints_and_style_rules():
+    from molmo_lite.prompts import Message, format_messages
+
+    messages = [Message(None, "a red circle"), Message(None, "RED", "transcript"),
+                Message("What time is it?", "3:45", "clocks"), Message("Hi?", "Hello.")]
+    assert format_messages(messages) == [(" long_caption 65:", "a red circle"), (" transcript 65:", "RED"),
+                                         (" User: clocks: What time is it? Assistant:", "3:45"),
+                                         (" User: Hi? Assistant:", "Hello.")]
+    rng = np.random.default_rng(3)
+    prompts = {format_messages([Message(None, "x" * 150)], rng)[0][0] for _ in range(300)}
+    assert " long_caption :" in prompts and len(prompts) > 4  # hints vary around 10, and 10% have none
