@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from molmo_lite.config import IM_COL, IM_END, IM_PATCH, IM_START, IMAGE_PROMPT, IMAGE_TOKENS
-from molmo_lite.data.corpus import count_text, course_corpus, points_text
+from molmo_lite.data.corpus import course_corpus
 from molmo_lite.tokenizer import TINY_BPE_PATH, MolmoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,14 +184,6 @@ def test_course_corpus_is_deterministic_and_in_molmo_formats():
     assert any(line.startswith(" long_caption") for line in lines)
     assert any("<point x=" in line for line in lines) and any("<points x1=" in line for line in lines)
     assert any("shows a total of" in line for line in lines) and any("There are none." in line for line in lines)
-
-
-def test_points_text_formats():
-    assert points_text([], "dogs") == "There are none."
-    assert points_text([(12.5, 40.0)], "red circle") == '<point x="12.5" y="40.0" alt="red circle">red circle</point>'
-    assert points_text([(70.3, 80.1), (10.0, 20.5)], "circles") == (
-        '<points x1="10.0" y1="20.5" x2="70.3" y2="80.1" alt="circles">circles</points>')
-    assert count_text([(5.0, 5.0), (1.0, 2.0), (3.0, 4.0)], "squares").endswith("</points> shows a total of 3.")
 
 
 def test_build_script_rebuilds_the_shipped_file_bit_for_bit(tmp_path):

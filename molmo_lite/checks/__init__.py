@@ -1,3 +1,10 @@
 """The exercise checks, one module per chapter; importing this package registers them with molmo_lite.grading."""
 
-from . import ch01_crops, ch02_vision_encoder, ch03_connector, ch04_language_model, ch05_assembling_molmo  # noqa: F401
+from . import (  # noqa: F401
+    ch01_crops,
+    ch02_vision_encoder,
+    ch03_connector,
+    ch04_language_model,
+    ch05_assembling_molmo,
+    ch06_pointing,
+)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..pointing import count_to_text, points_to_text
 from .synthetic import COLOURS, SHAPES, SceneObject, caption_scene, random_scene
 
 KINDS = ("caption", "pointing", "counting", "qa", "clock")
@@ -46,28 +47,9 @@ def course_corpus(n: int = 20000, seed: int = 0) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Formats (pointing.py and prompts.py will own the canonical versions; these follow Molmo's).
+# Formats: pointing and counting answers come from pointing.py; the chat turn (prompts.py will own the canonical
+# version) follows Molmo's.
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def points_text(points: list[tuple[float, float]], label: str) -> str:
-    """Molmo's pointing answer: <point ...> for one point, <points x1= y1= ...> for several, "There are none." for
-    zero. Coordinates are percent of the image (0-100), printed %.1f, sorted by x then y."""
-    points = sorted(points)
-    if not points:
-        return "There are none."
-    if len(points) == 1:
-        x, y = points[0]
-        return f'<point x="{x:.1f}" y="{y:.1f}" alt="{label}">{label}</point>'
-    coords = " ".join(f'x{i}="{x:.1f}" y{i}="{y:.1f}"' for i, (x, y) in enumerate(points, start=1))
-    return f'<points {coords} alt="{label}">{label}</points>'
-
-
-def count_text(points: list[tuple[float, float]], label: str) -> str:
-    """Molmo's counting answer: "Counting the <points ...>label</points> shows a total of N.", or "There are none."."""
-    if not points:
-        return "There are none."
-    return f"Counting the {points_text(points, label)} shows a total of {len(points)}."
 
 
 def chat(question: str, answer: str, style: str | None = None) -> str:
@@ -128,9 +110,9 @@ def pointing_line(rng: np.random.Generator) -> str:
     """'Point to the X' (or point_qa 'Where is the X?') answered with <point>/<points> or 'There are none.'"""
     label, points = _target(rng, random_scene(rng, max_objects=6))
     if rng.random() < 0.3:
-        return chat(f"Where is the {label}?", points_text(points, label), style="point_qa")
+        return chat(f"Where is the {label}?", points_to_text(points, label), style="point_qa")
     question = _pick(rng, POINT_PROMPTS).format(label=label)
-    return chat(question, points_text(points, label), style=_style(rng, "pointing"))
+    return chat(question, points_to_text(points, label), style=_style(rng, "pointing"))
 
 
 def counting_line(rng: np.random.Generator) -> str:
@@ -140,7 +122,7 @@ def counting_line(rng: np.random.Generator) -> str:
     if rng.random() < 0.2:
         return chat(f"No pointing: How many {plural} are there?", str(len(points)))
     question = _pick(rng, COUNT_PROMPTS).format(label=plural)
-    return chat(question, count_text(points, plural), style=_style(rng, "point_count", 0.5))
+    return chat(question, count_to_text(points, plural), style=_style(rng, "point_count", 0.5))
 
 
 def qa_line(rng: np.random.Generator) -> str:
