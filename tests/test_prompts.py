@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from molmo_lite.data.collate import PAD_SEGMENT, collate
+from molmo_lite.data.collate import PAD_SEGMENT
 from molmo_lite.prompts import (
     IGNORE_INDEX,
     IMAGE_SEGMENT,
@@ -99,29 +99,6 @@ def test_subsegment_mask_lets_each_annotation_see_the_image_and_itself():
     assert seen[5].tolist() == [True, True, False, False, True, True, False]  # annotation 2: never annotation 1
     assert seen[1].tolist() == [True, True, False, False, False, False, False]  # the image: only the image
     assert not allowed[:, 6].any()  # nobody attends to padding
-
-
-def test_collate_pads_rows_and_offsets_image_indices():
-    from molmo_lite.preprocessing import MolmoImageProcessor
-
-    tok = CharTokenizer()
-    processor = MolmoImageProcessor.from_config("tiny")
-    small, wide = processor(np.zeros((40, 40, 3), np.uint8)), processor(np.zeros((50, 160, 3), np.uint8))
-    a = pack(tok, [[("Q", "a")]], small.tokens)
-    b = pack(tok, [[("Q", "a much longer answer")]], wide.tokens)
-    text_only = pack(tok, [[("Q", "a")]])
-    batch = collate([(a, small), (text_only, None), (b, wide)], pad_id=0)
-    n = len(b)
-    assert batch["input_ids"].shape == (3, n)
-    assert batch["attention_mask"].sum(1).tolist() == [len(a), len(text_only), len(b)]
-    assert batch["target_ids"][0, len(a):].eq(IGNORE_INDEX).all()
-    assert batch["subsegment_ids"][1, len(text_only):].eq(PAD_SEGMENT).all()
-    assert batch["crops"].shape[0] == small.num_crops + wide.num_crops
-    n_small = small.patch_pad_fraction.numel()
-    idx = batch["pooled_patches_idx"]
-    assert torch.equal(idx[: len(small.pooled_patches_idx)], small.pooled_patches_idx)
-    tail, ref = idx[len(small.pooled_patches_idx):], wide.pooled_patches_idx
-    assert torch.equal(tail, torch.where(ref >= 0, ref + n_small, ref))
 
 
 def test_format_messages_applies_caption_hints_and_style_rules():

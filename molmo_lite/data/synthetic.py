@@ -7,16 +7,22 @@ things are). Chapter 07 adds pointing, counting, clocks, charts and QA on top of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..pointing import count_to_text, points_to_text
+from ..prompts import Message
+from .examples import Example, split_seed
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
     "purple": (140, 60, 180), "orange": (245, 130, 20), "white": (245, 245, 245), "black": (20, 20, 20),
 }
 SHAPES = ("circle", "square", "triangle")
+TEXTURES = ("solid", "outlined", "shadowed")  # drawn so that the centre of every object shows its own colour
 # 3 x 3 regions of the image, named as a person would
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "centre", "right")
 
@@ -28,6 +34,7 @@ class SceneObject:
     x: float  # centre, percent of the width (0-100), as Molmo's points
     y: float  # centre, percent of the height
     radius: float  # percent of the image side
+    texture: str = "solid"  # one of TEXTURES
 
     @property
     def region(self) -> str:
@@ -60,14 +67,24 @@ def render_scene(objects: list[SceneObject], size: int = 56, background: tuple[i
     draw = ImageDraw.Draw(canvas)
     for obj in objects:
         cx, cy, r = (v / 100 * size * scale for v in (obj.x, obj.y, obj.radius))
-        colour = COLOURS[obj.colour]
-        if obj.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-        elif obj.shape == "square":
-            draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=colour)
-        else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=colour)
+        if obj.texture == "shadowed":  # a dark copy offset down-right, under the shape
+            _draw_shape(draw, obj.shape, cx + 0.25 * r, cy + 0.25 * r, r, (50, 50, 50), None, 0)
+        outline = (20, 20, 20) if obj.colour != "black" else (245, 245, 245)
+        width = max(1, round(0.18 * r)) if obj.texture == "outlined" else 0
+        _draw_shape(draw, obj.shape, cx, cy, r, COLOURS[obj.colour], outline if width else None, width)
     return np.asarray(canvas.resize((size, size), Image.LANCZOS))
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple, outline,
+                width: int) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=width)
+    elif shape == "square":
+        draw.rectangle([cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85], fill=fill, outline=outline,
+                       width=width)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill, outline=outline,
+                     width=width)
 
 
 def caption_scene(objects: list[SceneObject]) -> str:
@@ -86,3 +103,220 @@ def caption_scenes(n: int, seed: int, size: int = 56, max_objects: int = 3) -> t
         images.append(render_scene(objects, size=size, rng=rng))
         captions.append(caption_scene(objects))
     return np.stack(images), captions
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Chapter 07: crowded scenes for pointing and counting, dense captions, transcripts and free-form QA.
+# --------------------------------------------------------------------------------------------------------------------
+
+NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
+POINT_QUESTIONS = ("Point to the {label}.", "Point to all the {label}.", "Where are the {label}?",
+                   "Show me every {singular} in the image.", "Point to any {label} in the image.")
+COUNT_QUESTIONS = ("How many {label} are there?", "Count the {label} in the image.", "How many {label} are in the image?",
+                   "What is the number of {label}?")
+
+
+def place_objects(rng: np.random.Generator, kinds: list[tuple[str, str, str]], radius: tuple[float, float],
+                  gap: float = 1.5, attempts: int = 200) -> list[SceneObject]:
+    """Put one object per (shape, colour, texture) at random, none overlapping (centres at least r1 + r2 + gap
+    apart, in percent), all inside the image; shrinks the radii and retries when they do not fit."""
+    low, high = radius
+    for _ in range(20):
+        objects: list[SceneObject] = []
+        for shape, colour, texture in kinds:
+            r = float(rng.uniform(low, high))
+            for _ in range(attempts):
+                x, y = rng.uniform(r + 1, 99 - r, size=2)
+                if all(math.hypot(x - o.x, y - o.y) >= r + o.radius + gap for o in objects):
+                    objects.append(SceneObject(shape, colour, round(float(x), 1), round(float(y), 1), round(r, 1),
+                                               texture))
+                    break
+            else:
+                break
+        if len(objects) == len(kinds):
+            return objects
+        low, high = low * 0.9, high * 0.9
+    raise ValueError(f"could not place {len(kinds)} objects without overlap")
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a pointing / counting question asks for: a colour, a shape, or both (None = any)."""
+
+    colour: str | None
+    shape: str | None
+
+    def matches(self, obj: SceneObject) -> bool:
+        return (self.colour is None or obj.colour == self.colour) and (self.shape is None or obj.shape == self.shape)
+
+    @property
+    def singular(self) -> str:
+        return " ".join(w for w in (self.colour, self.shape or "shape") if w)
+
+    @property
+    def label(self) -> str:
+        """The plural the question and the answer use: 'red circles', 'triangles', 'green shapes'."""
+        return self.singular + "s"
+
+
+def random_query(rng: np.random.Generator) -> Query:
+    how = int(rng.integers(3))
+    colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+    return Query(colour if how != 1 else None, shape if how != 2 else None)
+
+
+def counting_scene(rng: np.random.Generator, query: Query, count: int, distractors: int) -> list[SceneObject]:
+    """``count`` objects matching ``query`` and ``distractors`` that do not, placed without overlap."""
+    kinds = []
+    while len(kinds) < count + distractors:
+        kind = (str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), str(rng.choice(TEXTURES)))
+        if query.matches(SceneObject(kind[0], kind[1], 0, 0, 0)) == (len(kinds) < count):
+            kinds.append(kind)
+    total = count + distractors
+    radius = (4.0, 6.0) if total > 10 else (5.0, 8.0) if total > 5 else (7.0, 11.0)
+    order = rng.permutation(total)
+    return place_objects(rng, [kinds[i] for i in order], radius)
+
+
+def _count_distribution(rng: np.random.Generator, max_count: int) -> int:
+    """0 one time in eight (the "There are none." answers), else uniform over 1..max_count."""
+    return 0 if rng.random() < 0.125 else int(rng.integers(1, max_count + 1))
+
+
+def pointing_examples(n: int, seed: int = 0, split: str = "train", size: int = 56, max_count: int = 15,
+                      max_distractors: int = 6) -> list[Example]:
+    """Scenes with 0..max_count objects of a queried class among distractors; per image three annotations:
+    pointing at the class, counting it by pointing (PixMo-Points style), and pointing at another class.
+    meta: label, points (every matching object's centre, 0-100), count, objects."""
+    rng = np.random.default_rng(split_seed(seed, split))
+    examples = []
+    for _ in range(n):
+        query = random_query(rng)
+        count = _count_distribution(rng, max_count)
+        objects = counting_scene(rng, query, count, int(rng.integers(0, max_distractors + 1)))
+        points = [(o.x, o.y) for o in objects if query.matches(o)]
+        other = random_query(rng)
+        other_points = [(o.x, o.y) for o in objects if other.matches(o)]
+        fill = {"label": query.label, "singular": query.singular}
+        messages = [
+            [Message(str(rng.choice(POINT_QUESTIONS)).format(**fill), points_to_text(points, query.label),
+                     "pointing")],
+            [Message(str(rng.choice(COUNT_QUESTIONS)).format(**fill), count_to_text(points, query.label),
+                     "point_count")],
+            [Message(f"Point to the {other.label}.", points_to_text(other_points, other.label), "pointing")],
+        ]
+        examples.append(Example(render_scene(objects, size=size, rng=rng), messages, "pointing",
+                                {"label": query.label, "points": points, "count": len(points), "objects": objects,
+                                 "other_label": other.label, "other_points": other_points}))
+    return examples
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _kind_phrase(count: int, colour: str, shape: str) -> str:
+    return f"{_a(colour)} {colour} {shape}" if count == 1 else f"{NUMBER_WORDS[count]} {colour} {shape}s"
+
+
+def _relation(a: SceneObject, b: SceneObject) -> str:
+    """Where a is relative to b, by the larger offset: 'to the left of', 'above', ..."""
+    dx, dy = a.x - b.x, a.y - b.y
+    if abs(dx) >= abs(dy):
+        return "to the left of" if dx < 0 else "to the right of"
+    return "above" if dy < 0 else "below"
+
+
+def dense_caption(objects: list[SceneObject], rng: np.random.Generator) -> str:
+    """A long PixMo-Cap-like caption: the total, the counts per kind, where the single ones are, textures and a few
+    relations. Deterministic given the rng."""
+    kinds: dict[tuple[str, str], list[SceneObject]] = {}
+    for o in sorted(objects, key=lambda o: (o.y // (100 / 3), o.x)):
+        kinds.setdefault((o.colour, o.shape), []).append(o)
+    parts = [f"{_kind_phrase(len(v), c, s)}" for (c, s), v in kinds.items()]
+    listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    total = len(objects)
+    sentences = [f"The image shows {NUMBER_WORDS[total]} shape{'s' if total != 1 else ''} on a plain grey "
+                 f"background: {listing}."]
+    for (colour, shape), group in kinds.items():
+        if len(group) == 1:
+            o = group[0]
+            extra = {"outlined": " with a dark outline", "shadowed": " that casts a shadow"}.get(o.texture, "")
+            sentences.append(f"The {colour} {shape}{extra} is at the {o.region}.")
+        else:
+            regions = [f"the {r}" for r in sorted({o.region for o in group})]
+            where = regions[0] if len(regions) == 1 else ", ".join(regions[:-1]) + " and " + regions[-1]
+            sentences.append(f"The {colour} {shape}s are at {where}.")
+    singles = [g[0] for g in kinds.values() if len(g) == 1]
+    for _ in range(min(2, len(singles) - 1)):
+        a, b = (singles[int(i)] for i in rng.permutation(len(singles))[:2])
+        sentences.append(f"The {a.colour} {a.shape} is {_relation(a, b)} the {b.colour} {b.shape}.")
+    return " ".join(sentences)
+
+
+def spoken_transcript(objects: list[SceneObject], rng: np.random.Generator) -> str:
+    """A "transcript" variant, as PixMo-Cap's annotators spoke their descriptions: informal, fillers, same facts."""
+    fillers = ("um, ", "uh, ", "so ", "okay, ", "")
+    said = []
+    for o in sorted(objects, key=lambda o: o.x):
+        said.append(f"{str(rng.choice(fillers))}there's {_a(o.colour)} {o.colour} {o.shape} at the {o.region}")
+    return f"{str(rng.choice(('So', 'Okay so', 'Alright')))} this is a picture of some shapes. " + \
+        ", and ".join(said) + f". That's {NUMBER_WORDS[len(objects)]} in total, I think."
+
+
+def caption_examples(n: int, seed: int = 0, split: str = "train", size: int = 56,
+                     max_objects: int = 8) -> list[Example]:
+    """Stage-1 data: scenes with a dense caption and a spoken transcript (two annotations per image, as Molmo's
+    caption + one transcript). meta: objects."""
+    rng = np.random.default_rng(split_seed(seed, split))
+    examples = []
+    for _ in range(n):
+        total = int(rng.integers(1, max_objects + 1))
+        kinds = [(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)[:6])), str(rng.choice(TEXTURES)))
+                 for _ in range(total)]
+        objects = place_objects(rng, kinds, (6.0, 10.0) if total > 4 else (8.0, 13.0))
+        messages = [[Message(None, dense_caption(objects, rng), "long_caption")],
+                    [Message(None, spoken_transcript(objects, rng), "transcript")]]
+        examples.append(Example(render_scene(objects, size=size, rng=rng), messages, "caption", {"objects": objects}))
+    return examples
+
+
+def scene_questions(objects: list[SceneObject], rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Free-form (AskModelAnything-like) questions with answers computed from the objects."""
+    a = objects[int(rng.integers(len(objects)))]
+    leftmost, lowest = min(objects, key=lambda o: o.x), max(objects, key=lambda o: o.y)
+    colours = sorted({o.colour for o in objects})
+    absent = [c for c in COLOURS if c not in colours]
+    qa = [
+        (f"What colour is the {a.shape} at the {a.region}?", f"It is {a.colour}."),
+        (f"What is at the {a.region} of the image?", f"{_a(a.colour).capitalize()} {a.colour} {a.shape}."),
+        ("Which shape is furthest to the left?", f"The {leftmost.colour} {leftmost.shape}."),
+        ("Which shape is closest to the bottom?", f"The {lowest.colour} {lowest.shape}."),
+        ("What colours do you see?", (", ".join(colours[:-1]) + (" and " if len(colours) > 1 else "")
+                                      + colours[-1]).capitalize() + "."),
+        ("How many shapes are there in total?", f"There are {len(objects)}." if len(objects) != 1 else "There is 1."),
+    ]
+    if absent:
+        c = str(rng.choice(absent))
+        qa.append((f"Is there anything {c} in the image?", f"No, there is nothing {c}."))
+    if len(objects) > 1:
+        b = next(o for o in objects[::-1] if o is not a)
+        qa.append((f"Where is the {a.colour} {a.shape} compared to the {b.colour} {b.shape}?",
+                   f"It is {_relation(a, b)} the {b.colour} {b.shape}."))
+    return qa
+
+
+def qa_examples(n: int, seed: int = 0, split: str = "train", size: int = 56, questions: int = 4) -> list[Example]:
+    """Scenes with several free-form QA annotations each (style user_qa). meta: objects.
+
+    Each scene has objects of distinct (colour, shape), so "the red circle" is never ambiguous."""
+    rng = np.random.default_rng(split_seed(seed, split))
+    examples = []
+    for _ in range(n):
+        objects = random_scene(rng, max_objects=5, min_objects=2)
+        qa = scene_questions(objects, rng)
+        picked = rng.permutation(len(qa))[:questions]
+        messages = [[Message(qa[int(i)][0], qa[int(i)][1], "user_qa")] for i in picked]
+        examples.append(Example(render_scene(objects, size=size, rng=rng), messages, "scene_qa", {"objects": objects}))
+    return examples
