@@ -40,6 +40,7 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.preprocess
 	$(PY) -m benchmarks.decode
+	$(PY) -m benchmarks.data
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -7,4 +7,5 @@ from . import (  # noqa: F401
     ch04_language_model,
     ch05_assembling_molmo,
     ch06_pointing,
+    ch07_pixmo_data,
 )

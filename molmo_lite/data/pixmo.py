@@ -167,7 +167,13 @@ def load_rows(source: str | Path, split: str = "train", config: str | None = Non
     path = Path(source)
     if path.exists() or not _looks_like_hub_id(str(source)):
         builder, files = local_data_files(path, split, config)
-        rows = datasets.load_dataset(builder, data_files={split: files}, split=split)
+        quiet = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # a few local rows: no "Generating train split" bar (it shows only uncached)
+        try:
+            rows = datasets.load_dataset(builder, data_files={split: files}, split=split)
+        finally:
+            if not quiet:
+                datasets.enable_progress_bars()
     else:
         try:
             rows = datasets.load_dataset(str(source), name=config, split=split)

@@ -237,7 +237,7 @@ def dense_caption(objects: list[SceneObject], rng: np.random.Generator) -> str:
     parts = [f"{_kind_phrase(len(v), c, s)}" for (c, s), v in kinds.items()]
     listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     total = len(objects)
-    sentences = [f"The image shows {NUMBER_WORDS[total]} shape{'s' if total != 1 else ''} on a plain grey "
+    sentences = [f"The image shows {NUMBER_WORDS[total]} shape{'s' if total != 1 else ''} on a plain "
                  f"background: {listing}."]
     for (colour, shape), group in kinds.items():
         if len(group) == 1:
