@@ -249,3 +249,51 @@ def molmo_preset(name: str) -> MolmoConfig:
         return MOLMO_PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(MOLMO_PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage (chapters 08-09), Molmo's recipe as data (MOLMO_SPEC section 7).
+
+    stage: "caption" (stage 1: captions and transcripts) or "sft" (stage 2: the mixture).
+    batch_size: sequences per micro-batch; grad_accum: micro-batches per optimizer step (the loss is normalised by the
+    answer tokens of the whole global batch, as Molmo's). lr_* / warmup_*: per parameter group (connector = pooling,
+    projector, pad embeddings and the new token rows; vit; llm); linear warmup, then cosine to final_lr_fraction.
+    residual_dropout: on every block's output (Molmo's SFT); response_only: only at answer tokens (Molmo's stage 1
+    "response_residual_dropout"). freeze: groups left untouched (an ablation: Molmo freezes nothing).
+    """
+
+    stage: str = "caption"
+    steps: int = 300
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr_connector: float = 2e-4
+    lr_vit: float = 6e-6
+    lr_llm: float = 2e-5
+    warmup_connector: int = 200
+    warmup_vit: int = 2000
+    warmup_llm: int = 2000
+    final_lr_fraction: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    residual_dropout: float = 0.0
+    response_only: bool = False
+    freeze: tuple[str, ...] = ()
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 100
+    examples: int = 4000  # synthetic training examples generated per dataset (tiny presets)
+    image_size: int = 56  # side of the synthetic scenes and clocks
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # Molmo's released recipe (global batch 128 / 256 at sequence length 2304, on many GPUs).
+    "molmo-caption": TrainConfig(stage="caption", steps=22_000, batch_size=128),
+    "molmo-sft": TrainConfig(stage="sft", steps=30_000, batch_size=256, lr_connector=5e-6, lr_vit=5e-6, lr_llm=1e-5,
+                             warmup_connector=200, warmup_vit=200, warmup_llm=200, residual_dropout=0.1),
+}

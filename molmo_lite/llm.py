@@ -132,12 +132,23 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden, cfg.rms_eps)
         self.feed_forward = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, dropout: float = 0.0, dropout_mask=None):
         if self.norm_after:  # OLMo 2
-            x = x + self.attention_norm(self.attention(x, cos, sin, mask, cache, layer))
-            return x + self.ffn_norm(self.feed_forward(x))
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer)
-        return x + self.feed_forward(self.ffn_norm(x))
+            x = x + _residual_dropout(self.attention_norm(self.attention(x, cos, sin, mask, cache, layer)), dropout,
+                                      dropout_mask)
+            return x + _residual_dropout(self.ffn_norm(self.feed_forward(x)), dropout, dropout_mask)
+        x = x + _residual_dropout(self.attention(self.attention_norm(x), cos, sin, mask, cache, layer), dropout,
+                                  dropout_mask)
+        return x + _residual_dropout(self.feed_forward(self.ffn_norm(x)), dropout, dropout_mask)
+
+
+def _residual_dropout(h: torch.Tensor, p: float, where: torch.Tensor | None) -> torch.Tensor:
+    """Dropout on a block's output before it joins the residual stream (Molmo's residual_dropout); ``where`` [B, T]
+    limits it to some positions (its response_residual_dropout: the answer tokens only)."""
+    if p == 0.0:
+        return h
+    dropped = F.dropout(h, p, training=True)
+    return dropped if where is None else torch.where(where[..., None], dropped, h)
 
 
 class Embedding(nn.Module):
@@ -203,6 +214,7 @@ class LLM(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.norm = RMSNorm(config.hidden, config.rms_eps)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden, config.vocab_size, bias=False)
+        self.residual_dropout = 0.0  # a training option (TrainConfig), not part of the architecture
         self.apply(self._init_weights)
 
     @staticmethod
@@ -220,11 +232,13 @@ class LLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        dropout_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """-> logits [B, T, vocab_size] (the base vocabulary: Molmo never predicts its image tokens).
 
         position_ids default: from a 2-D attention_mask, cumsum(mask) - 1 (so left padding does not shift positions);
-        otherwise 0.. T-1 after the cached tokens.
+        otherwise 0.. T-1 after the cached tokens. In training mode ``self.residual_dropout`` (set by the trainer;
+        0 by default) drops block outputs, only where dropout_mask [B, T] is True when it is given.
         """
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         b, t, _ = x.shape
@@ -239,8 +253,9 @@ class LLM(nn.Module):
         mask = build_mask(attention_mask, b, t, past, x.device)
         if mask is not None:  # True / False -> 0 / -inf once here, rather than inside every layer's attention
             mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        dropout = self.residual_dropout if self.training else 0.0
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask, cache, i)
+            x = block(x, cos, sin, mask, cache, i, dropout, dropout_mask)
         if cache is not None:
             cache.length += t
         return self.logits(self.norm(x))

@@ -130,13 +130,15 @@ class MolmoLite(nn.Module):
         patch_pad_fraction: torch.Tensor | None = None,
         target_ids: torch.Tensor | None = None,
         loss_weights: torch.Tensor | None = None,
+        dropout_mask: torch.Tensor | None = None,
     ) -> MolmoOutput:
         """A batch as ``data.collate.collate`` makes it -> MolmoOutput. Without subsegment_ids the attention is
-        causal plus the padding mask; with them, Molmo's packing rule (``prompts.subsegment_mask``)."""
+        causal plus the padding mask; with them, Molmo's packing rule (``prompts.subsegment_mask``). dropout_mask:
+        where the LLM's residual dropout applies (training only; see ``LLM.forward``)."""
         features = None if crops is None else self.image_features(crops, pooled_patches_idx, patch_pad_fraction)
         x = self.embed(input_ids, features)
         mask = attention_mask if subsegment_ids is None else subsegment_mask(subsegment_ids, attention_mask)
-        logits = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=position_ids)
+        logits = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=position_ids, dropout_mask=dropout_mask)
         if target_ids is None:
             return MolmoOutput(logits)
         loss, per_token, z_loss = answer_loss(logits, target_ids, loss_weights, self.config.z_loss)
@@ -230,19 +232,22 @@ class MolmoLite(nn.Module):
 
 
 def answer_loss(logits: torch.Tensor, target_ids: torch.Tensor, loss_weights: torch.Tensor | None = None,
-                z_loss: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                z_loss: float = 0.0, normalizer: float | torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Molmo's loss: sum(cross-entropy * weight) / (number of tokens with weight > 0), plus
     z_loss * sum(logsumexp(logits)^2 * weight) / the same count.
 
     target_ids [B, T] (-100 = ignore); loss_weights [B, T] (default 1 on every target that is not -100).
-    -> (loss, per-token cross-entropy [B, T], z-loss term).
+    normalizer: divide by this instead of this batch's count (the trainer passes the count of the whole global batch,
+    so that gradient accumulation gives the gradient of one big batch). -> (loss, per-token cross-entropy [B, T],
+    z-loss term).
     """
     valid = target_ids != -100
     weights = valid.float() if loss_weights is None else loss_weights.float() * valid
     logits32 = logits.float()
     per_token = F.cross_entropy(logits32.flatten(0, 1), target_ids.flatten(), ignore_index=-100,
                                 reduction="none").view(target_ids.shape)
-    count = (weights > 0).sum().clamp(min=1)
+    count = (weights > 0).sum().clamp(min=1) if normalizer is None else normalizer
     loss = (per_token * weights).sum() / count
     z_term = logits32.new_zeros(())
     if z_loss:

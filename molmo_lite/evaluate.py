@@ -1,0 +1,186 @@
+"""Evaluation on held-out synthetic data (chapter 10), with Molmo's metrics (MOLMO_SPEC section 6):
+
+    pointing   precision / recall / F1 per example (Hungarian matching, a hit within 5% of the image diagonal),
+               averaged over examples; an empty ground truth scores 1 only when nothing is predicted
+    counting   exact ("correct", Molmo's reported accuracy) and within one; the answer read with parse_count
+    clocks     exact, and within 3 minutes (on the 12-hour dial) with the hour right, as Molmo's "close"
+    charts /   short-answer exact match after normalising case, spaces and a final "."
+    tables
+    captions   length in words and object recall: the share of the scene's "colour shape" pairs the caption names
+
+The held-out sets come from the generators' "heldout" split (separate seed streams from training). Every answer is
+generated greedily with the KV cache, in batches; ``evaluate`` returns a JSON-able report with the metrics and the
+predictions, ``plot_predictions`` draws some of them on their images.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data.examples import Example
+from .model import MolmoLite
+from .pointing import (
+    average_counting_metrics,
+    average_pointing_metrics,
+    counting_metrics,
+    draw_points,
+    parse_points,
+    pointing_metrics,
+)
+from .prompts import Message, format_messages
+
+TASKS = ("pointing", "counting", "clocks", "charts", "tables", "captions")
+MAX_NEW_TOKENS = {"pointing": 96, "counting": 110, "clocks": 10, "charts": 12, "tables": 12, "captions": 96}
+
+
+def heldout_sets(n: int = 100, seed: int = 0, size: int = 56, cache_dir: str | Path | None = None
+                 ) -> dict[str, list[Example]]:
+    """n held-out examples per task. Pointing and counting share their scenes (0-10 instances of the class asked)."""
+    from .data import clocks, docs, synthetic
+
+    scenes = synthetic.pointing_examples(n, seed, "heldout", size, max_count=10)
+    return {
+        "pointing": scenes, "counting": scenes,
+        "clocks": clocks.clock_examples(n, seed, "heldout", size),
+        "charts": docs.chart_examples(n, seed, "heldout", cache_dir=cache_dir),
+        "tables": docs.table_examples(n, seed, "heldout", cache_dir=cache_dir),
+        "captions": synthetic.caption_examples(n, seed, "heldout", size),
+    }
+
+
+def _question(example: Example, task: str) -> Message:
+    """The annotation a task asks about: pointing -> the first (pointing) one, counting -> the second; others the
+    first."""
+    return example.messages[1 if task == "counting" else 0][0]
+
+
+def _prompt(message: Message) -> str:
+    """The prompt as at inference: no rng, so demo styles carry no prefix and captions get the default hint."""
+    return format_messages([message])[0][0]
+
+
+def normalize_answer(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".").strip()
+
+
+_TIME = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
+
+
+def clock_scores(answer: str, hour: int, minute: int) -> tuple[float, float]:
+    """(exact, close): close = the hour right and the minutes within 3 (around the dial), as Molmo's clock eval."""
+    m = _TIME.search(answer or "")
+    if m is None:
+        return 0.0, 0.0
+    h, mm = int(m.group(1)), int(m.group(2))
+    exact = float(h % 12 == hour % 12 and mm == minute)
+    truth, said = (hour % 12) * 60 + minute, (h % 12) * 60 + mm
+    gap = min(abs(truth - said), 720 - abs(truth - said))
+    return exact, float(gap <= 3)
+
+
+def caption_recall(caption: str, objects: Sequence[Any]) -> float:
+    """Share of the scene's distinct (colour, shape) pairs named in the caption ('red circle' or 'red circles')."""
+    kinds = {(o.colour, o.shape) for o in objects}
+    text = caption.lower()
+    return float(np.mean([f"{c} {s}" in text for c, s in kinds])) if kinds else 1.0
+
+
+def generate_answers(model: MolmoLite, examples: Sequence[Example], task: str, batch_size: int = 16,
+                     max_new_tokens: int | None = None) -> list[str]:
+    prompts = [_prompt(_question(ex, task)) for ex in examples]
+    answers = []
+    for i in range(0, len(examples), batch_size):
+        answers += model.generate([ex.image for ex in examples[i:i + batch_size]], prompts[i:i + batch_size],
+                                  max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[task])
+    return answers
+
+
+def score(task: str, examples: Sequence[Example], answers: Sequence[str]) -> dict[str, float]:
+    """The task's metrics over examples (see the module docstring)."""
+    if task == "pointing":
+        s = average_pointing_metrics(pointing_metrics(a, ex.meta["points"]) for ex, a in zip(examples, answers))
+        return {"precision": s.precision, "recall": s.recall, "f1": s.f1}
+    if task == "counting":
+        s = average_counting_metrics(counting_metrics(a, ex.meta["count"]) for ex, a in zip(examples, answers))
+        return {"exact": s.correct, "within_1": s.close, "valid": s.valid}
+    if task == "clocks":
+        pairs = [clock_scores(a, ex.meta["hour"], ex.meta["minute"]) for ex, a in zip(examples, answers)]
+        return {"exact": float(np.mean([p[0] for p in pairs])), "within_3_min": float(np.mean([p[1] for p in pairs]))}
+    if task in ("charts", "tables"):
+        right = [normalize_answer(a) == normalize_answer(ex.messages[0][0].answer) for ex, a in zip(examples, answers)]
+        return {"accuracy": float(np.mean(right))}
+    if task == "captions":
+        return {"words": float(np.mean([len(a.split()) for a in answers])),
+                "object_recall": float(np.mean([caption_recall(a, ex.meta["objects"])
+                                                for ex, a in zip(examples, answers)]))}
+    raise ValueError(f"unknown task {task!r}; known: {TASKS}")
+
+
+def evaluate(model: MolmoLite, sets: dict[str, list[Example]], tasks: Sequence[str] = TASKS,
+             batch_size: int = 16) -> dict[str, Any]:
+    """{"metrics": {task: {...}}, "predictions": {task: [answers]}, "n": {task: count}} for the tasks given."""
+    model.eval()
+    metrics, predictions = {}, {}
+    for task in tasks:
+        answers = generate_answers(model, sets[task], task, batch_size)
+        metrics[task], predictions[task] = score(task, sets[task], answers), answers
+    return {"metrics": metrics, "predictions": predictions, "n": {t: len(sets[t]) for t in tasks}}
+
+
+def headline(report: dict[str, Any]) -> dict[str, float]:
+    """The course's targets, one number per task (pointing F1, counting exact, clocks within 3 min, QA accuracy)."""
+    m, out = report["metrics"], {}
+    for task, key in (("pointing", "f1"), ("counting", "exact"), ("clocks", "within_3_min"), ("charts", "accuracy"),
+                      ("tables", "accuracy"), ("captions", "object_recall")):
+        if task in m:
+            out[f"{task} {key}"] = m[task][key]
+    return out
+
+
+def metrics_table(report: dict[str, Any]) -> str:
+    """A markdown table of every metric."""
+    lines = ["| task | metric | value | examples |", "|---|---|---|---|"]
+    for task, values in report["metrics"].items():
+        for key, value in values.items():
+            lines.append(f"| {task} | {key} | {value:.3f} | {report['n'][task]} |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], path: str | Path, extra: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**report, **(extra or {})}, indent=1))
+    return path
+
+
+def plot_predictions(sets: dict[str, list[Example]], report: dict[str, Any], n: int = 4, path: str | Path | None = None):
+    """Rows: pointing (predicted points drawn, ground truth as rings), counting, clocks; n held-out images each."""
+    import matplotlib.pyplot as plt
+
+    rows = [t for t in ("pointing", "counting", "clocks") if t in report["predictions"]]
+    fig, axes = plt.subplots(len(rows), n, figsize=(3 * n, 3.2 * len(rows)), squeeze=False)
+    for r, task in enumerate(rows):
+        for c in range(n):
+            ax, ex, answer = axes[r][c], sets[task][c], report["predictions"][task][c]
+            if task in ("pointing", "counting"):
+                draw_points(ex.image, [(p.x, p.y) for p in parse_points(answer)], ax=ax)
+                gt = np.asarray(ex.meta["points"], float).reshape(-1, 2)
+                h, w = ex.image.shape[:2]
+                ax.scatter(gt[:, 0] / 100 * w, gt[:, 1] / 100 * h, s=90, facecolors="none", edgecolors="white")
+                truth = ex.meta["label"] if task == "pointing" else f"{ex.meta['label']}: {ex.meta['count']}"
+                said = answer if task == "counting" else f"{len(parse_points(answer))} points"
+                ax.set_title(f"{truth}\n{said[-28:]}", fontsize=8)
+            else:
+                ax.imshow(ex.image)
+                ax.set_title(f"truth {ex.messages[0][0].answer}\nsaid {answer[:20]}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=90)
+    return fig

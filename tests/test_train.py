@@ -1,0 +1,119 @@
+"""The trainer: Molmo's groups and schedule, exact resume, a short run whose loss falls, evaluation end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from molmo_lite.config import TrainConfig
+from molmo_lite.evaluate import evaluate, heldout_sets, metrics_table
+from molmo_lite.model import MolmoLite
+from molmo_lite.train import (
+    NonFiniteLossError,
+    StageData,
+    Trainer,
+    latest_checkpoint,
+    lr_factor,
+    parameter_groups,
+    stage_data,
+    step_batches,
+)
+
+
+def test_parameter_groups_cover_every_parameter_once_and_put_new_token_rows_with_the_connector():
+    model = MolmoLite("tiny")
+    groups = parameter_groups(model)
+    ids = [id(p) for params in groups.values() for p in params]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert any(p is model.llm.embed.new.weight for p in groups["connector"])
+    assert all(any(p is q for q in groups["vit"]) for p in model.vision.parameters())
+
+
+def test_lr_schedule_warms_up_linearly_then_cosine_to_ten_percent():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert lr_factor(100, 10, 100) == pytest.approx(0.1) and lr_factor(0, 0, 100) == pytest.approx(1.0)
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(stage="sft", steps=6, batch_size=2, grad_accum=2, lr_connector=1e-3, lr_vit=1e-4, lr_llm=1e-3,
+                warmup_connector=2, warmup_vit=2, warmup_llm=2, residual_dropout=0.1, log_every=1, save_every=3,
+                examples=8, image_size=56)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_data() -> StageData:
+    return stage_data(_config())
+
+
+def _fresh_model(seed: int) -> MolmoLite:
+    torch.manual_seed(seed)
+    return MolmoLite("tiny")
+
+
+def test_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, tiny_data):
+    config = _config()
+    torch.manual_seed(123)
+    whole = Trainer(_fresh_model(0), config, tiny_data, tmp_path / "whole", progress=False)
+    whole.fit()
+    torch.manual_seed(123)
+    first = Trainer(_fresh_model(0), config, tiny_data, tmp_path / "split", progress=False)
+    first.fit(stop_after=3)  # "killed" after 3 steps: only the checkpoint on disk survives
+    assert latest_checkpoint(tmp_path / "split").name == "step_000003"
+    torch.manual_seed(999)  # a different process state, and a different initial model: all must come from disk
+    second = Trainer(_fresh_model(1), config, tiny_data, tmp_path / "split", progress=False)
+    second.fit(resume=True)
+    assert second.step == config.steps
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in whole.history] == [h["loss"] for h in second.history]
+
+
+def test_gradient_accumulation_equals_one_big_batch(tiny_data):
+    """2 micro-batches of 2 give the gradient of 1 batch of 4 (the loss is normalised over the global batch)."""
+    grads = []
+    for batch_size, accum in ((4, 1), (2, 2)):
+        config = _config(batch_size=batch_size, grad_accum=accum, residual_dropout=0.0)
+        trainer = Trainer(_fresh_model(0), config, tiny_data, "/nonexistent", progress=False)
+        trainer.model.train()
+        for group in trainer.optimizer.param_groups:
+            group["peak_lr"] = 0.0  # look at the gradients only
+        trainer.train_step(0)
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_step_batches_are_a_function_of_the_step(tiny_data):
+    model, config = _fresh_model(0), _config()
+    a, b, c = (step_batches(tiny_data, model, config, s) for s in (4, 4, 5))
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+    assert any(x["input_ids"].shape != y["input_ids"].shape or not torch.equal(x["input_ids"], y["input_ids"])
+               for x, y in zip(a, c))
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_data, tmp_path):
+    model = _fresh_model(0)
+    with torch.no_grad():
+        model.llm.norm.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="step 0"):
+        Trainer(model, _config(), tiny_data, tmp_path, progress=False).fit()
+
+
+def test_a_short_run_learns_and_the_evaluation_runs_on_it(tmp_path):
+    config = _config(steps=60, batch_size=8, grad_accum=1, residual_dropout=0.0, lr_connector=3e-3, lr_vit=1e-3,
+                     lr_llm=3e-3, warmup_connector=5, warmup_vit=5, warmup_llm=5, log_every=5, save_every=60,
+                     examples=64)
+    trainer = Trainer(_fresh_model(0), config, stage_data(config), tmp_path, progress=False)
+    history = trainer.fit()
+    first, last = history[0]["loss"], history[-1]["loss"]
+    assert math.isfinite(last) and last < 0.6 * first, (first, last)
+    sets = {task: examples[:3] for task, examples in heldout_sets(3, size=56).items()}
+    report = evaluate(trainer.model, sets, batch_size=3)
+    assert set(report["metrics"]) == set(sets) and all(len(report["predictions"][t]) == 3 for t in sets)
+    assert json.loads(json.dumps(report))["metrics"]["pointing"]["f1"] >= 0.0
+    assert "| pointing | f1 |" in metrics_table(report)
