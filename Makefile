@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job. At this stage of the course: preprocess the sample images and draw their crops.
+# The main job: the tiny encoder and LM of chapters 02/04 if not cached, stage 1 (captions), stage 2 (SFT
+# mixture), held-out evaluation; writes runs/tiny/ (checkpoints, report.json, loss curves, predictions.png).
 run: $(STAMP)
-	$(PY) -m molmo_lite crops data_samples/images --out outputs/crops
+	$(PY) -m molmo_lite run --out runs/tiny
 
 # Unit, parity, bad-input and grading tests, then every chapter and solution notebook under nbval.
 test: $(STAMP)

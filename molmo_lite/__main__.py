@@ -3,9 +3,13 @@
     python -m molmo_lite grade exercises/01_crops_exercises.ipynb   run a notebook and check its exercises
     python -m molmo_lite exercises [--check]                         generate exercises/ from solutions/
     python -m molmo_lite crops IMAGE_OR_DIR ... [--out DIR]          preprocess images, draw their crops and tokens
+    python -m molmo_lite run [--out runs/tiny]                       the main job: stage 1, stage 2, evaluation
+    python -m molmo_lite train --stage {caption,sft} --out DIR       one training stage (--resume continues)
+    python -m molmo_lite evaluate CHECKPOINT [--n 100]               held-out metrics of a saved model, as JSON
+    python -m molmo_lite generate CHECKPOINT --image IMG --prompt P  one answer
 
 Each command is one ``add_*_command(subparsers)`` function that registers its arguments and its handler; a handler
-takes the parsed arguments and returns the exit status. Later chapters add train, evaluate, generate and make-data.
+takes the parsed arguments and returns the exit status.
 """
 
 from __future__ import annotations
@@ -117,11 +121,141 @@ def add_crops_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_crops)
 
 
+def _train_config(args: argparse.Namespace, stage: str):
+    """The stage's preset (tiny-caption / tiny-sft, or --preset NAME), with the command line's overrides."""
+    from dataclasses import replace
+
+    from molmo_lite.config import TRAIN_PRESETS
+
+    name = args.preset or f"tiny-{stage}"
+    if name not in TRAIN_PRESETS:
+        raise SystemExit(f"unknown training preset {name!r}; known: {sorted(TRAIN_PRESETS)}")
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
+                                   ("grad_accum", args.grad_accum), ("seed", args.seed)) if v is not None}
+    return replace(TRAIN_PRESETS[name], stage=stage, **overrides)
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default=None, help="training preset (default tiny-caption / tiny-sft)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--grad-accum", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/latest.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Stage 1, stage 2 and the evaluation of the tiny Molmo (the README's `make run`)."""
+    from dataclasses import replace
+
+    from molmo_lite.config import TRAIN_PRESETS
+    from molmo_lite.train import run_course
+
+    caption, sft = TRAIN_PRESETS["tiny-caption"], TRAIN_PRESETS["tiny-sft"]
+    if args.quick:  # every code path, a few steps: for CI and a first try
+        caption, sft = replace(caption, steps=4, examples=16), replace(sft, steps=4, examples=16)
+    run_course(args.out, caption, sft, eval_examples=8 if args.quick else args.eval_examples, resume=args.resume,
+               progress=not args.no_progress)
+    return 0
+
+
+def add_run_command(subparsers: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    parser = subparsers.add_parser("run", help="the course's main job: train the tiny Molmo in two stages, evaluate")
+    parser.add_argument("--out", type=Path, default=Path("runs/tiny"), help="checkpoints, report.json, figures")
+    parser.add_argument("--eval-examples", type=int, default=100, help="held-out examples per task")
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
+    parser.add_argument("--resume", action="store_true", help="continue each stage from its last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_run)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """One stage: from --init (a save_pretrained folder) or the tiny pretrained parts."""
+    from molmo_lite.model import MolmoLite
+    from molmo_lite.train import Trainer, plot_history, stage_data, tiny_model
+
+    config = _train_config(args, args.stage)
+    model = MolmoLite.from_pretrained(args.init) if args.init else tiny_model(config.seed)
+    trainer = Trainer(model, config, stage_data(config, cache_dir=args.out / "docs_cache"), args.out,
+                      progress=not args.no_progress)
+    history = trainer.fit(resume=args.resume)
+    plot_history(history, args.out / "loss.png", title=f"stage {args.stage}")
+    model.save_pretrained(args.out / "final")
+    print(f"wrote {args.out / 'final'}; last loss {history[-1]['loss']:.4f}" if history else "nothing to do")
+    return 0
+
+
+def add_train_command(subparsers: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    parser = subparsers.add_parser("train", help="train one stage (caption or sft)")
+    parser.add_argument("--stage", choices=("caption", "sft"), required=True)
+    parser.add_argument("--out", type=Path, required=True, help="checkpoints and the final model")
+    parser.add_argument("--init", type=Path, default=None, help="start from this save_pretrained folder")
+    _add_training_options(parser)
+    parser.set_defaults(handler=_train)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from molmo_lite.evaluate import TASKS, evaluate, heldout_sets, metrics_table
+    from molmo_lite.model import MolmoLite
+
+    model = MolmoLite.from_pretrained(args.checkpoint)
+    tasks = args.tasks or list(TASKS)
+    report = evaluate(model, heldout_sets(args.n, seed=args.seed), tasks=tasks)
+    print(metrics_table(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    parser = subparsers.add_parser("evaluate", help="held-out metrics of a saved model")
+    parser.add_argument("checkpoint", type=Path, help="a save_pretrained folder (e.g. runs/tiny/final)")
+    parser.add_argument("--n", type=int, default=100, help="examples per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="*", default=None, help="subset of pointing counting clocks charts tables "
+                        "captions")
+    parser.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+    parser.set_defaults(handler=_evaluate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from molmo_lite.model import MolmoLite
+    from molmo_lite.prompts import Message, format_messages
+
+    model = MolmoLite.from_pretrained(args.checkpoint)
+    prompt = format_messages([Message(args.prompt or None, "", args.style)])[0][0]
+    print(model.generate(args.image, prompt, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    parser = subparsers.add_parser("generate", help="answer one prompt about one image")
+    parser.add_argument("checkpoint", type=Path, help="a save_pretrained folder (e.g. runs/tiny/final)")
+    parser.add_argument("--image", type=Path, default=None, help="the image (none: a text-only prompt)")
+    parser.add_argument("--prompt", default="", help="the question; empty: a caption")
+    parser.add_argument("--style", default=None, help="a style prefix, e.g. clocks, point_count")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.set_defaults(handler=_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``molmo_lite`` argument parser with every command registered."""
     parser = argparse.ArgumentParser(prog="python -m molmo_lite", description="molmo_lite: build Molmo from scratch.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (add_grade_command, add_exercises_command, add_crops_command):
+    for add_command in (add_grade_command, add_exercises_command, add_crops_command, add_run_command,
+                        add_train_command, add_evaluate_command, add_generate_command):
         add_command(subparsers)
     return parser
 

@@ -292,6 +292,12 @@ class TrainConfig:
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # The course's CPU run (`make run`): short stages, learning rates raised for a few hundred steps.
+    "tiny-caption": TrainConfig(stage="caption", steps=200, batch_size=16, lr_connector=1e-3, lr_vit=1e-4,
+                                lr_llm=3e-4, warmup_connector=30, warmup_vit=30, warmup_llm=30, save_every=100,
+                                examples=3000),
+    "tiny-sft": TrainConfig(stage="sft", steps=600, batch_size=16, lr_connector=1e-3, lr_vit=1e-4, lr_llm=3e-4,
+                            warmup_connector=30, warmup_vit=30, warmup_llm=30, save_every=100, examples=3000),
     # Molmo's released recipe (global batch 128 / 256 at sequence length 2304, on many GPUs).
     "molmo-caption": TrainConfig(stage="caption", steps=22_000, batch_size=128),
     "molmo-sft": TrainConfig(stage="sft", steps=30_000, batch_size=256, lr_connector=5e-6, lr_vit=5e-6, lr_llm=1e-5,

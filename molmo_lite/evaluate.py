@@ -36,7 +36,7 @@ from .pointing import (
 from .prompts import Message, format_messages
 
 TASKS = ("pointing", "counting", "clocks", "charts", "tables", "captions")
-MAX_NEW_TOKENS = {"pointing": 96, "counting": 110, "clocks": 10, "charts": 12, "tables": 12, "captions": 96}
+MAX_NEW_TOKENS = {"pointing": 240, "counting": 260, "clocks": 10, "charts": 12, "tables": 12, "captions": 96}
 
 
 def heldout_sets(n: int = 100, seed: int = 0, size: int = 56, cache_dir: str | Path | None = None

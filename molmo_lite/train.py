@@ -331,3 +331,58 @@ def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
     }
     sizes = {k: len(v) for k, v in datasets.items()}
     return StageData(datasets, mixture_rates(sizes, SFT_GROUPS))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. The course's main job: `make run` = python -m molmo_lite run.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def tiny_model(seed: int = 0) -> MolmoLite:
+    """The tiny Molmo as Molmo starts: the CLIP-pretrained tiny ViT (chapter 02) and the pretrained tiny LM
+    (chapter 04), loaded from checkpoints/ or trained first if missing, and a fresh connector."""
+    from .clip_pretrain import tiny_encoder
+    from .lm_pretrain import tiny_lm
+
+    vision, llm = tiny_encoder(), tiny_lm()
+    torch.manual_seed(seed)
+    return MolmoLite.from_parts("tiny", vision=vision, llm=llm)
+
+
+def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = None, sft: TrainConfig | None = None,
+               eval_examples: int = 100, resume: bool = False, progress: bool = True,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 1, stage 2 and the held-out evaluation of the tiny Molmo; writes out_dir/{caption,sft}/ (checkpoints),
+    report.json, loss curves and predictions.png; returns the report (metrics, timings)."""
+    from .config import TRAIN_PRESETS
+    from .evaluate import evaluate, headline, heldout_sets, metrics_table, plot_predictions, write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    caption = caption or TRAIN_PRESETS["tiny-caption"]
+    sft = sft or TRAIN_PRESETS["tiny-sft"]
+    cache = out / "docs_cache"
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    model = tiny_model(caption.seed)
+    times["pretrained parts (chapters 02, 04)"] = time.perf_counter() - start
+    for name, config in (("caption", caption), ("sft", sft)):
+        t = time.perf_counter()
+        log(f"stage {name}: {config.steps} steps of {config.batch_size} x {config.grad_accum} sequences")
+        trainer = Trainer(model, config, stage_data(config, cache_dir=cache), out / name, progress=progress)
+        history = trainer.fit(resume=resume)
+        plot_history(history, out / f"loss_{name}.png", title=f"stage {name}")
+        times[f"stage {name}"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sets = heldout_sets(eval_examples, seed=0, size=sft.image_size, cache_dir=cache)
+    report = evaluate(model, sets)
+    times["evaluation"] = time.perf_counter() - t
+    plot_predictions(sets, report, path=out / "predictions.png")
+    model.save_pretrained(out / "final")
+    times["total"] = time.perf_counter() - start
+    report.update(headline=headline(report), seconds={k: round(v, 1) for k, v in times.items()},
+                  configs={"caption": caption.to_dict(), "sft": sft.to_dict()})
+    write_report(report, out / "report.json")
+    log(metrics_table(report))
+    log("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    return report

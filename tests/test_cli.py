@@ -1,4 +1,4 @@
-"""`python -m molmo_lite crops`, the main job at this stage of the course (`make run`)."""
+"""The command line: `crops`, and `run` (the main job, `make run`), `train`, `evaluate`, `generate`."""
 
 from __future__ import annotations
 
@@ -37,3 +37,32 @@ def test_crops_command_reports_unreadable_images_and_fails(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "skipped: not a readable image" in done.stdout
+
+
+def test_run_quick_writes_the_whole_pipeline_then_evaluate_and_generate_read_it(tmp_path, monkeypatch, capsys):
+    """`run --quick` on a random tiny Molmo (the pretrained parts of chapters 02/04 take minutes to build): both
+    stages, the report, the curves and the figure; then the other commands on its final model."""
+    import torch
+
+    from molmo_lite import train
+    from molmo_lite.__main__ import main
+    from molmo_lite.model import MolmoLite
+
+    def random_tiny(seed: int = 0) -> MolmoLite:
+        torch.manual_seed(seed)
+        return MolmoLite("tiny")
+
+    monkeypatch.setattr(train, "tiny_model", random_tiny)
+    out = tmp_path / "run"
+    assert main(["run", "--quick", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["metrics"]) == {"pointing", "counting", "clocks", "charts", "tables", "captions"}
+    assert report["configs"]["sft"]["steps"] == 4 and (out / "sft" / "latest.json").exists()
+    for name in ("loss_caption.png", "loss_sft.png", "predictions.png"):
+        assert (out / name).stat().st_size > 5000, name
+    assert "| pointing | f1 |" in capsys.readouterr().out
+    assert main(["evaluate", str(out / "final"), "--n", "2", "--tasks", "clocks", "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == {"clocks": 2}
+    image = ROOT / "data_samples" / "images" / "grace_hopper.jpg"
+    assert main(["generate", str(out / "final"), "--image", str(image), "--prompt", "What is this?",
+                 "--max-new-tokens", "4"]) == 0
