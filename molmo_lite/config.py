@@ -261,6 +261,7 @@ class TrainConfig:
     projector, pad embeddings and the new token rows; vit; llm); linear warmup, then cosine to final_lr_fraction.
     residual_dropout: on every block's output (Molmo's SFT); response_only: only at answer tokens (Molmo's stage 1
     "response_residual_dropout"). freeze: groups left untouched (an ablation: Molmo freezes nothing).
+    packing_weights: the loss weight of packed annotations (Molmo: sqrt(1/N) in SFT, none in stage 1).
     """
 
     stage: str = "caption"
@@ -281,6 +282,7 @@ class TrainConfig:
     residual_dropout: float = 0.0
     response_only: bool = False
     freeze: tuple[str, ...] = ()
+    packing_weights: str | None = None  # "root_subsegments" / "none"; default: sqrt(1/N) in SFT, 1 in stage 1
     seed: int = 0
     log_every: int = 10
     save_every: int = 100

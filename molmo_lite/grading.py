@@ -380,7 +380,7 @@ def _describe(value: Any) -> str:
     if callable(getattr(value, "parameters", None)):  # another nn.Module (a whole LLM): its config, not its layers
         config = getattr(value, "config", None)
         return f"<{type(value).__name__} {config!r}>" if config is not None else f"<{type(value).__name__}>"
-    if isinstance(value, list) and value and all(hasattr(v, "shape") for v in value):
+    if isinstance(value, list) and value and all(hasattr(v, "shape") and hasattr(v, "dtype") for v in value):
         shapes = {tuple(v.shape) for v in value}
         each = f"each {list(shapes.pop())}" if len(shapes) == 1 else "of several shapes"
         return f"<list of {len(value)} tensors, {each}>"

@@ -124,7 +124,7 @@ def step_batches(data: StageData, model: MolmoLite, config: TrainConfig, step: i
     (styles, hints, annotation order from the same rng) and collated."""
     rng = np.random.default_rng((config.seed, step))
     examples = data.draw(rng, config.batch_size * config.grad_accum)
-    weighting = "root_subsegments" if config.stage == "sft" else "none"
+    weighting = config.packing_weights or ("root_subsegments" if config.stage == "sft" else "none")
     encoded = [encode_example(ex, model.processor, model.tokenizer, rng, weighting) for ex in examples]
     size = config.batch_size
     return [collate(encoded[i:i + size], model.tokenizer.pad_id) for i in range(0, len(encoded), size)]

@@ -8,4 +8,7 @@ from . import (  # noqa: F401
     ch05_assembling_molmo,
     ch06_pointing,
     ch07_pixmo_data,
+    ch08_stage1_captioning,
+    ch09_stage2_sft,
+    ch10_evaluation,
 )
