@@ -294,11 +294,14 @@ class TrainConfig:
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
-    # The course's CPU run (`make run`): short stages, learning rates raised for a few hundred steps.
-    "tiny-caption": TrainConfig(stage="caption", steps=200, batch_size=16, lr_connector=1e-3, lr_vit=1e-4,
-                                lr_llm=3e-4, warmup_connector=30, warmup_vit=30, warmup_llm=30, save_every=100,
+    # The course's CPU run (`make run`): a few hundred steps, so higher learning rates and short warmups, in Molmo's
+    # order (connector >> LLM >> ViT). Measured with a probe (600 steps of single-object pointing, constant rates):
+    # with the ViT at 1e-3 nothing about positions was learnt (mean error 36 of 100); at 1e-5 to 3e-5, 57-70% of
+    # the points landed within 7 units.
+    "tiny-caption": TrainConfig(stage="caption", steps=200, batch_size=16, lr_connector=3e-3, lr_vit=2e-5,
+                                lr_llm=2e-4, warmup_connector=30, warmup_vit=30, warmup_llm=30, save_every=100,
                                 examples=3000),
-    "tiny-sft": TrainConfig(stage="sft", steps=600, batch_size=16, lr_connector=1e-3, lr_vit=1e-4, lr_llm=3e-4,
+    "tiny-sft": TrainConfig(stage="sft", steps=900, batch_size=16, lr_connector=3e-3, lr_vit=2e-5, lr_llm=2e-4,
                             warmup_connector=30, warmup_vit=30, warmup_llm=30, save_every=100, examples=3000),
     # Molmo's released recipe (global batch 128 / 256 at sequence length 2304, on many GPUs).
     "molmo-caption": TrainConfig(stage="caption", steps=22_000, batch_size=128),

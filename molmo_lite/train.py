@@ -136,10 +136,10 @@ def step_batches(data: StageData, model: MolmoLite, config: TrainConfig, step: i
 
 
 def save_training_state(directory: Path, model: MolmoLite, optimizer: torch.optim.Optimizer, step: int,
-                        history: list[dict], config: TrainConfig) -> Path:
+                        history: list[dict], config: TrainConfig, keep: int = 2) -> Path:
     """directory/step_{step:06d}/ (model via save_pretrained, optimizer.pt, trainer.json), then latest.json -> it.
     The step folder is written under a temporary name and renamed, latest.json replaced atomically: a run killed at
-    any moment leaves the previous checkpoint intact."""
+    any moment leaves the previous checkpoint intact. Only the ``keep`` newest step folders are kept."""
     directory = Path(directory)
     final = directory / f"step_{step:06d}"
     tmp = directory / f".tmp_step_{step:06d}_{os.getpid()}"
@@ -152,6 +152,8 @@ def save_training_state(directory: Path, model: MolmoLite, optimizer: torch.opti
     latest_tmp = directory / f".latest_{os.getpid()}.json"
     latest_tmp.write_text(json.dumps({"step": step, "path": final.name}))
     os.replace(latest_tmp, directory / "latest.json")
+    for old in sorted(directory.glob("step_*"))[:-keep]:  # only after latest.json points at the new one
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -1,0 +1,73 @@
+"""The course's main job, measured: `python -m molmo_lite run` (what `make run` does), its wall time per part and its
+held-out metrics, written as JSON and as the README's table.
+
+    python -m benchmarks.course_run [--out runs/tiny] [--fresh] [--from-report runs/tiny/report.json] [--no-readme]
+
+--fresh points $MOLMO_LITE_CHECKPOINTS at an empty folder, so the tiny encoder and LM of chapters 02/04 are trained
+too, as on a fresh clone; --from-report publishes a report that a run already wrote (it holds its timings; add --fresh
+when that run started from an empty checkpoint folder, which is then only recorded).
+The installation of the environment is not part of the time (measure `make install` separately).
+Writes benchmarks/results/course_run.json and the table between the <!-- course_run-benchmark --> markers of README.md
+(tests/test_readme.py checks they agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import machine_info, publish
+
+TARGETS = {"pointing f1": 0.80, "counting exact": 0.80, "clocks within_3_min": 0.50, "charts accuracy": 0.50,
+           "tables accuracy": 0.50}
+
+
+def readme_table(result: dict) -> str:
+    lines = ["| held-out task (100 examples each) | metric | `make run` | course target |", "|---|---|---|---|"]
+    for key, value in result["headline"].items():
+        task, metric = key.split(" ", 1)
+        target = TARGETS.get(key)
+        lines.append(f"| {task} | {metric} | {value:.2f} | {'-' if target is None else f'>= {target:.2f}'} |")
+    seconds = result["seconds"]
+    parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if k != "total")
+    lines += ["", f"Wall time {seconds['total'] / 60:.1f} min ({parts}); {result['machine']['cores']}-core "
+              f"{result['machine']['cpu']} CPU, torch {result['machine']['torch']}, fp32."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/tiny"))
+    parser.add_argument("--fresh", action="store_true", help="empty checkpoint folder: pre-train the parts too")
+    parser.add_argument("--from-report", type=Path, default=None, help="publish an existing report.json")
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "course_run.json")
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args()
+
+    report_path = args.from_report
+    wall = None
+    if report_path is None:
+        env = dict(os.environ)
+        if args.fresh:
+            env["MOLMO_LITE_CHECKPOINTS"] = tempfile.mkdtemp(prefix="molmo_lite_fresh_")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "molmo_lite", "run", "--out", str(args.out), "--no-progress"],
+                       check=True, env=env)
+        wall = time.perf_counter() - start
+        report_path = args.out / "report.json"
+    report = json.loads(Path(report_path).read_text())
+    result = {"benchmark": "course_run", "headline": report["headline"], "metrics": report["metrics"],
+              "seconds": report["seconds"], "process_wall_seconds": wall, "configs": report["configs"],
+              "fresh_checkpoints": bool(args.fresh) or None, "machine": machine_info()}
+    print(readme_table(result))
+    publish("course_run", result, readme_table(result), args.json, update_readme=not args.no_readme)
+
+
+if __name__ == "__main__":
+    main()
