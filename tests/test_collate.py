@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import CharTokenizer
 
 from molmo_lite.data.collate import (
     PAD_SEGMENT,
@@ -20,19 +21,6 @@ from molmo_lite.data.synthetic import qa_examples
 from molmo_lite.preprocessing import MolmoImageProcessor
 from molmo_lite.prompts import IGNORE_INDEX, pack
 from molmo_lite.tokenizer import MolmoTokenizer
-
-
-class CharTokenizer:
-    """One id per character (ids 10+), BOS = EOS = 1, image tokens 2-5."""
-
-    bos_id = eos_id = 1
-    pad_id = 0
-
-    def encode(self, text: str) -> list[int]:
-        return [10 + ord(c) % 100 for c in text]
-
-    def token_to_id(self, token: str) -> int:
-        return {"<im_start>": 2, "<im_end>": 3, "<im_patch>": 4, "<im_col>": 5}[token]
 
 
 def test_collate_pads_rows_and_offsets_image_indices():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import CharTokenizer
 
 from molmo_lite.data.collate import PAD_SEGMENT
 from molmo_lite.prompts import (
@@ -17,20 +18,6 @@ from molmo_lite.prompts import (
     subsegment_mask,
     user_prompt,
 )
-
-
-class CharTokenizer:
-    """One id per character (ids 10+), BOS = EOS = 1, image tokens 2-6: sequences we can write down by hand."""
-
-    bos_id = eos_id = 1
-    pad_id = 0
-    images = {"<im_start>": 2, "<im_end>": 3, "<im_patch>": 4, "<im_col>": 5}
-
-    def encode(self, text: str) -> list[int]:
-        return [10 + ord(c) % 100 for c in text]
-
-    def token_to_id(self, token: str) -> int:
-        return self.images[token]
 
 
 def test_caption_prompt_and_length_hint_follow_molmo():
