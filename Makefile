@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.preprocess
 	$(PY) -m benchmarks.decode
 	$(PY) -m benchmarks.data
+	$(PY) -m benchmarks.train
 
 clean:
 	rm -rf outputs .pytest_cache

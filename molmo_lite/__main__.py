@@ -5,6 +5,7 @@
     python -m molmo_lite crops IMAGE_OR_DIR ... [--out DIR]          preprocess images, draw their crops and tokens
     python -m molmo_lite run [--out runs/tiny]                       the main job: stage 1, stage 2, evaluation
     python -m molmo_lite train --stage {caption,sft} --out DIR       one training stage (--resume continues)
+    torchrun --nproc-per-node 2 -m molmo_lite train ... --strategy {ddp,fsdp}   the same on 2 processes
     python -m molmo_lite evaluate CHECKPOINT [--n 100]               held-out metrics of a saved model, as JSON
     python -m molmo_lite generate CHECKPOINT --image IMG --prompt P  one answer
 
@@ -131,7 +132,9 @@ def _train_config(args: argparse.Namespace, stage: str):
     if name not in TRAIN_PRESETS:
         raise SystemExit(f"unknown training preset {name!r}; known: {sorted(TRAIN_PRESETS)}")
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
-                                   ("grad_accum", args.grad_accum), ("seed", args.seed)) if v is not None}
+                                   ("grad_accum", args.grad_accum), ("seed", args.seed),
+                                   ("examples", args.examples), ("save_every", args.save_every),
+                                   ("log_every", args.log_every)) if v is not None}
     return replace(TRAIN_PRESETS[name], stage=stage, **overrides)
 
 
@@ -141,7 +144,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--grad-accum", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--examples", type=int, default=None, help="synthetic examples generated per dataset")
+    parser.add_argument("--save-every", type=int, default=None)
+    parser.add_argument("--log-every", type=int, default=None)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/latest.json")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="leave after this many steps (the schedule still spans --steps; --resume continues)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -173,19 +181,43 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """One stage: from --init (a save_pretrained folder) or the tiny pretrained parts."""
+    """One stage: from --init (a save_pretrained folder) or the tiny pretrained parts. Under torchrun every rank runs
+    this; rank 0 logs and writes (molmo_lite.distributed)."""
+    import json
+
+    from molmo_lite.distributed import DistributedTrainer, init_distributed, launched_by_torchrun, main_first, shutdown
     from molmo_lite.model import MolmoLite
-    from molmo_lite.train import Trainer, plot_history, stage_data, tiny_model
+    from molmo_lite.train import Trainer, build_model, plot_history, stage_data
 
     config = _train_config(args, args.stage)
-    model = MolmoLite.from_pretrained(args.init) if args.init else tiny_model(config.seed)
-    trainer = Trainer(model, config, stage_data(config, cache_dir=args.out / "docs_cache"), args.out,
-                      progress=not args.no_progress)
-    history = trainer.fit(resume=args.resume)
-    plot_history(history, args.out / "loss.png", title=f"stage {args.stage}")
-    model.save_pretrained(args.out / "final")
-    print(f"wrote {args.out / 'final'}; last loss {history[-1]['loss']:.4f}" if history else "nothing to do")
+    several = launched_by_torchrun() or args.strategy or args.activation_checkpointing
+    info = init_distributed(args.device) if several else None
+    with main_first(info) if info else _nothing():  # rank 0 builds the caches (pretrained parts, charts) first
+        model = MolmoLite.from_pretrained(args.init) if args.init else build_model(args.model, config.seed)
+        data = stage_data(config, cache_dir=args.out / "docs_cache")
+    if info is None:
+        trainer = Trainer(model, config, data, args.out, device=args.device, progress=not args.no_progress)
+    else:
+        trainer = DistributedTrainer(model, config, data, args.out, strategy=args.strategy or "ddp",
+                                     activation_checkpointing=args.activation_checkpointing, info=info,
+                                     progress=not args.no_progress)
+    history = trainer.fit(resume=args.resume, stop_after=args.stop_after)
+    state = trainer.full_model_state()  # every rank takes part in gathering a sharded model
+    if trainer.is_main:
+        model.save_pretrained(args.out / "final", state_dict=state)
+        (args.out / "history.json").write_text(json.dumps(history))
+        plot_history(history, args.out / "loss.png", title=f"stage {args.stage}")
+        where = f" on {trainer.world_size} ranks ({trainer.strategy})" if trainer.world_size > 1 else ""
+        print(f"wrote {args.out / 'final'}{where}; last loss {history[-1]['loss']:.4f}" if history else "nothing to do")
+    if info is not None:
+        shutdown()
     return 0
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def add_train_command(subparsers: argparse._SubParsersAction) -> None:
@@ -195,6 +227,13 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stage", choices=("caption", "sft"), required=True)
     parser.add_argument("--out", type=Path, required=True, help="checkpoints and the final model")
     parser.add_argument("--init", type=Path, default=None, help="start from this save_pretrained folder")
+    parser.add_argument("--model", default="tiny", help="without --init: tiny (pretrained tiny parts), small (random, "
+                        "one GPU), molmo-7b-d / molmo-7b-o (CLIP + Qwen2 / OLMo weights from the Hub)")
+    parser.add_argument("--strategy", choices=("ddp", "fsdp"), default=None,
+                        help="under torchrun: data parallel (default) or FSDP2 sharding")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute each block's activations in backward (less memory, ~1 more forward)")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: CUDA when present)")
     _add_training_options(parser)
     parser.set_defaults(handler=_train)
 

@@ -38,3 +38,20 @@ def load_weights(model: nn.Module, directory: Path) -> nn.Module:
     """Load ``directory``'s weights into ``model`` (strict) and put it in eval mode."""
     model.load_state_dict(load_file(Path(directory) / "model.safetensors"))
     return model.eval()
+
+
+def hub_folder(source: str | Path, allow_patterns: list[str] | None = None) -> Path:
+    """A local folder for ``source``: the folder itself when it exists, else a Hugging Face repository id downloaded
+    (or found in the local Hub cache) with huggingface_hub. Offline and not cached: a RuntimeError saying what to do."""
+    path = Path(source)
+    if path.exists():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=allow_patterns))
+    except Exception as err:  # offline, unknown repo, gated model: say which and how to proceed
+        raise RuntimeError(
+            f"could not get {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}). Offline? On a machine "
+            f"with network access run `huggingface-cli download {source} --local-dir DIR` and pass DIR instead."
+        ) from err

@@ -139,6 +139,9 @@ VISION_PRESETS: dict[str, VisionConfig] = {
     # CPU-sized: 56 px crops (the tiny preprocessor preset), 4 blocks of width 96; reads the last and third-to-last.
     "tiny": VisionConfig(image_size=56, patch_size=14, width=96, layers=4, heads=4, mlp_width=384, act="gelu",
                          num_layers_used=None, feature_layers=(-1, -3), output_dim=64),
+    # One GPU from scratch: 112 px crops (the small preprocessor preset), 8 blocks of width 384.
+    "small": VisionConfig(image_size=112, patch_size=14, width=384, layers=8, heads=6, mlp_width=1536, act="gelu",
+                          num_layers_used=None, feature_layers=(-1, -4), output_dim=None),
 }
 
 
@@ -147,6 +150,8 @@ CONNECTOR_PRESETS: dict[str, ConnectorConfig] = {
     "molmo": ConnectorConfig(),
     # Matches VISION_PRESETS["tiny"] (2 x 96 feature channels) and a tiny LLM of width 128.
     "tiny": ConnectorConfig(input_dim=192, pool_dim=96, heads=4, head_dim=24, hidden_dim=256, llm_dim=128),
+    # Matches VISION_PRESETS["small"] (2 x 384) and LLM_PRESETS["small"] (512).
+    "small": ConnectorConfig(input_dim=768, pool_dim=384, heads=6, head_dim=64, hidden_dim=1536, llm_dim=512),
 }
 
 
@@ -187,6 +192,9 @@ LLM_PRESETS: dict[str, LLMConfig] = {
     # CPU-sized, Qwen2-style, for the tiny BPE tokenizer of data_samples/ (512 ids; image tokens 512-516).
     "tiny": LLMConfig(vocab_size=512, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384,
                       rope_theta=10_000.0, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True, additional_vocab=128),
+    # One GPU from scratch (~25M parameters), same tokenizer as tiny.
+    "small": LLMConfig(vocab_size=512, hidden=512, layers=8, heads=8, kv_heads=4, intermediate=1536,
+                       rope_theta=10_000.0, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True, additional_vocab=128),
 }
 
 
@@ -236,10 +244,21 @@ MOLMO_PRESETS: dict[str, MolmoConfig] = {
     # CPU-sized: the tiny preprocessor, ViT (its CLIP head dropped), connector and LLM of chapters 01-04.
     "tiny": MolmoConfig(preprocessor=PREPROCESSOR_PRESETS["tiny"], vision=replace(VISION_PRESETS["tiny"], output_dim=None),
                         connector=CONNECTOR_PRESETS["tiny"], llm=LLM_PRESETS["tiny"]),
-    # The released geometries (config only: the weights are loaded in chapter 13).
+    # One GPU (bf16 autocast), trained from scratch: ~3x the tiny image resolution, ~30x its parameters.
+    "small": MolmoConfig(preprocessor=PREPROCESSOR_PRESETS["small"], vision=VISION_PRESETS["small"],
+                         connector=CONNECTOR_PRESETS["small"], llm=LLM_PRESETS["small"]),
+    # The released geometries. MolmoLite.from_backbones(name) starts them as Molmo does, from the BACKBONES weights.
     "molmo-7b-d": MolmoConfig(tokenizer="allenai/Molmo-7B-D-0924"),
     "molmo-7b-o": MolmoConfig(connector=replace(CONNECTOR_PRESETS["molmo"], hidden_dim=11008, llm_dim=4096),
                               llm=LLM_PRESETS["olmo-7b"], tokenizer="allenai/Molmo-7B-O-0924"),
+}
+
+
+# Where the released models' parts start from (Molmo trains from these, chapter 05): an open_clip model name and
+# pretrained tag, and a Hugging Face LLM repository. Downloaded by MolmoLite.from_backbones when online.
+BACKBONES: dict[str, dict[str, str]] = {
+    "molmo-7b-d": {"vision": "ViT-L-14-336/openai", "llm": "Qwen/Qwen2-7B"},
+    "molmo-7b-o": {"vision": "ViT-L-14-336/openai", "llm": "allenai/OLMo-7B-1024-preview"},
 }
 
 
@@ -303,6 +322,13 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
                                 examples=3000),
     "tiny-sft": TrainConfig(stage="sft", steps=900, batch_size=16, lr_connector=3e-3, lr_vit=2e-5, lr_llm=2e-4,
                             warmup_connector=30, warmup_vit=30, warmup_llm=30, save_every=100, examples=3000),
+    # One GPU, the small preset from random weights (bf16 autocast on CUDA); synthetic images at 112 px.
+    "small-caption": TrainConfig(stage="caption", steps=2000, batch_size=32, lr_connector=1e-3, lr_vit=1e-4,
+                                 lr_llm=3e-4, warmup_connector=100, warmup_vit=200, warmup_llm=200, save_every=500,
+                                 examples=20000, image_size=112),
+    "small-sft": TrainConfig(stage="sft", steps=6000, batch_size=32, lr_connector=1e-3, lr_vit=5e-5, lr_llm=2e-4,
+                             warmup_connector=100, warmup_vit=200, warmup_llm=200, save_every=500, examples=20000,
+                             image_size=112),
     # Molmo's released recipe (global batch 128 / 256 at sequence length 2304, on many GPUs).
     "molmo-caption": TrainConfig(stage="caption", steps=22_000, batch_size=128),
     "molmo-sft": TrainConfig(stage="sft", steps=30_000, batch_size=256, lr_connector=5e-6, lr_vit=5e-6, lr_llm=1e-5,

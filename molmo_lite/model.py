@@ -97,6 +97,37 @@ class MolmoLite(nn.Module):
             model.connector.load_state_dict(connector.state_dict())
         return model
 
+    @classmethod
+    def from_backbones(cls, config: MolmoConfig | str = "molmo-7b-d", vision: str | Path | None = None,
+                       llm: str | Path | None = None, tokenizer: str | Path | None = None) -> MolmoLite:
+        """Start a Molmo as the paper does: the ViT from CLIP (open_clip), the LLM from its pretrained checkpoint, a
+        fresh connector and fresh new-token rows. Defaults come from BACKBONES[config] (e.g. "ViT-L-14-336/openai" and
+        "Qwen/Qwen2-7B", downloaded when online); each may instead be a local file / folder of the same format:
+        vision an open_clip checkpoint (.safetensors or torch file), llm a transformers ``save_pretrained`` folder of
+        a Qwen2 / OLMo 2 model, tokenizer a folder or tokenizer.json (default: the LLM's own)."""
+        from .checkpoint import hub_folder
+        from .config import BACKBONES
+
+        name = config if isinstance(config, str) else None
+        config = molmo_preset(config) if isinstance(config, str) else config
+        defaults = BACKBONES.get(name, {})
+        vision, llm = vision or defaults.get("vision"), llm or defaults.get("llm")
+        if vision is None or llm is None:
+            raise ValueError(f"say where the ViT and the LLM come from (vision=..., llm=...); presets with known "
+                             f"backbones: {sorted(BACKBONES)}")
+        used = config.vision.num_layers_used
+        if Path(vision).exists():
+            vit = VisionTransformer.from_open_clip(vision, heads=config.vision.heads, act=config.vision.act,
+                                                   num_layers_used=used, feature_layers=config.vision.feature_layers)
+        else:  # "MODEL/PRETRAINED", e.g. "ViT-L-14-336/openai"
+            arch, _, tag = str(vision).partition("/")
+            vit = VisionTransformer.from_pretrained_open_clip(arch, tag or "openai", num_layers_used=used,
+                                                              feature_layers=config.vision.feature_layers)
+        llm_dir = hub_folder(llm, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+        language = LLM.from_hf(llm_dir, additional_vocab=config.llm.additional_vocab)
+        tok = MolmoTokenizer.from_file(tokenizer or llm_dir, pad_to=config.llm.vocab_size)
+        return cls.from_parts(config, vision=vit, llm=language, tokenizer=tok)
+
     # ---------------------------------------------------------------------------------------------------- forward
 
     def image_features(self, crops: torch.Tensor, pooled_patches_idx: torch.Tensor,
@@ -191,11 +222,14 @@ class MolmoLite(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ checkpoints
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """model.safetensors (weights), config.json ({"molmo_lite": config}) and the tokenizer's files."""
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """model.safetensors (weights), config.json ({"molmo_lite": config}) and the tokenizer's files.
+        state_dict: the weights to write instead of this module's own (a sharded model gathers its full state first,
+        molmo_lite.distributed)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, directory / "model.safetensors")
+        state = self.state_dict() if state_dict is None else state_dict
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, directory / "model.safetensors")
         (directory / "config.json").write_text(json.dumps({CONFIG_SECTION: self.config.to_dict()}, indent=2))
         self.tokenizer.save(directory / "tokenizer")
         return directory

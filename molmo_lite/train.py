@@ -12,9 +12,11 @@ olmo/optim.py):
   ("sft") on a mixture of tasks sampled at sqrt-size rates, every image's annotations packed.
 
 Exact resume. The data of step s is drawn from a generator seeded with (seed, s), so a run restarted at step s sees the
-same batches as one that never stopped; the checkpoint holds the weights (safetensors), the optimizer state and torch's
-RNG state (dropout), written to a fresh folder and then published by an atomic rename of ``latest.json``. On a CPU a
-killed-and-resumed run ends with exactly the weights of an uninterrupted one (tests/test_train.py).
+same batches as one that never stopped, with dropout masks from a torch seed of (seed, step, rank); the checkpoint
+holds the full weights (safetensors) and the optimizer state keyed by parameter name, written to a fresh folder and
+then published by an atomic rename of ``latest.json``. On a CPU a killed-and-resumed run ends with exactly the
+weights of an uninterrupted one (tests/test_train.py), and a checkpoint written by 2 ranks resumes on 1
+(tests/test_distributed.py).
 
     trainer = Trainer(model, TrainConfig(stage="caption", steps=300), stage_data("caption", config), out_dir)
     history = trainer.fit()        # or fit(resume=True) to continue from out_dir/latest.json
@@ -22,6 +24,7 @@ killed-and-resumed run ends with exactly the weights of an uninterrupted one (te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import TrainConfig
 from .data.collate import collate, encode_example, mixture_rates
@@ -72,16 +75,20 @@ def lr_factor(step: int, warmup: int, total: int, final: float = 0.1) -> float:
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: MolmoLite, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with one param group per Molmo group (frozen groups left out and set to requires_grad=False)."""
-    groups = []
+def freeze_groups(model: MolmoLite, config: TrainConfig) -> None:
+    """requires_grad=False for the groups in config.freeze (an ablation: Molmo freezes nothing)."""
     for name, params in parameter_groups(model).items():
         if name in config.freeze:
             for p in params:
                 p.requires_grad_(False)
-            continue
-        groups.append({"params": params, "name": name, "lr": getattr(config, f"lr_{name}"),
-                       "peak_lr": getattr(config, f"lr_{name}"), "warmup": getattr(config, f"warmup_{name}")})
+
+
+def build_optimizer(model: MolmoLite, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with one param group per Molmo group (frozen groups left out and set to requires_grad=False)."""
+    freeze_groups(model, config)
+    groups = [{"params": params, "name": name, "lr": getattr(config, f"lr_{name}"),
+               "peak_lr": getattr(config, f"lr_{name}"), "warmup": getattr(config, f"warmup_{name}")}
+              for name, params in parameter_groups(model).items() if name not in config.freeze]
     return torch.optim.AdamW(groups, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
 
 
@@ -119,15 +126,34 @@ class StageData:
         return [self.datasets[self._names[d]][int(rng.integers(len(self.datasets[self._names[d]])))] for d in names]
 
 
-def step_batches(data: StageData, model: MolmoLite, config: TrainConfig, step: int) -> list[dict[str, torch.Tensor]]:
-    """The micro-batches of ``step``: batch_size x grad_accum examples drawn with rng (seed, step), each encoded
-    (styles, hints, annotation order from the same rng) and collated."""
+def step_examples(data: StageData, model: MolmoLite, config: TrainConfig, step: int, rank: int = 0,
+                  world_size: int = 1) -> list:
+    """This rank's share of the global batch of ``step``, encoded (styles, hints, annotation order).
+
+    The global batch is batch_size x grad_accum x world_size examples drawn with rng (seed, step); example i is encoded
+    with its own rng (seed, step, i), and rank r takes examples [r * n, (r + 1) * n) with n = batch_size x grad_accum.
+    So the union over ranks is exactly the batch one process draws with the same global batch size (grad_accum x
+    world_size micro-batches): that is what makes 2 ranks train like 1 (molmo_lite.distributed)."""
     rng = np.random.default_rng((config.seed, step))
-    examples = data.draw(rng, config.batch_size * config.grad_accum)
+    local = config.batch_size * config.grad_accum
+    examples = data.draw(rng, local * world_size)
     weighting = config.packing_weights or ("root_subsegments" if config.stage == "sft" else "none")
-    encoded = [encode_example(ex, model.processor, model.tokenizer, rng, weighting) for ex in examples]
+    return [encode_example(examples[i], model.processor, model.tokenizer, np.random.default_rng((config.seed, step, i)),
+                           weighting) for i in range(rank * local, (rank + 1) * local)]
+
+
+def step_batches(data: StageData, model: MolmoLite, config: TrainConfig, step: int, rank: int = 0,
+                 world_size: int = 1) -> list[dict[str, torch.Tensor]]:
+    """The grad_accum micro-batches of this rank at ``step`` (``step_examples`` collated batch_size at a time)."""
+    encoded = step_examples(data, model, config, step, rank, world_size)
     size = config.batch_size
     return [collate(encoded[i:i + size], model.tokenizer.pad_id) for i in range(0, len(encoded), size)]
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The torch seed of (seed, step, rank): dropout masks are a function of the step (and differ between ranks), so
+    resuming needs no RNG state and a checkpoint resumes on any number of ranks."""
+    return int(np.random.SeedSequence((seed, step, rank)).generate_state(1)[0])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -135,17 +161,47 @@ def step_batches(data: StageData, model: MolmoLite, config: TrainConfig, step: i
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def save_training_state(directory: Path, model: MolmoLite, optimizer: torch.optim.Optimizer, step: int,
-                        history: list[dict], config: TrainConfig, keep: int = 2) -> Path:
+def named_optimizer_state(optimizer: torch.optim.Optimizer, names: Mapping[int, str],
+                          full: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict:
+    """optimizer.state_dict() keyed by parameter NAME instead of position (names: id(param) -> name), each tensor
+    passed through ``full`` (a sharded run gathers its shards there). The same file then loads into any layout."""
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    saved = optimizer.state_dict()
+    state = {order[i]: {k: full(v) if torch.is_tensor(v) else v for k, v in s.items()}
+             for i, s in saved["state"].items()}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [order[i] for i in g["params"]]}
+              for g in saved["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def load_named_optimizer_state(optimizer: torch.optim.Optimizer, named: Mapping, names: Mapping[int, str],
+                               local: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda t, p: t) -> None:
+    """Inverse of ``named_optimizer_state``; local(tensor, param) cuts a full tensor to this rank's shard."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    index = {names[id(p)]: i for i, p in enumerate(params)}
+    unknown = sorted(set(named["state"]) - set(index))
+    if unknown:
+        raise ValueError(f"the optimizer state names parameters this model lacks: {unknown[:5]}")
+    state = {index[n]: {k: local(v, params[index[n]]) if torch.is_tensor(v) and v.dim() > 0 else v
+                        for k, v in s.items()} for n, s in named["state"].items()}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in named["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_training_state(directory: Path, model: MolmoLite, model_state: Mapping[str, torch.Tensor],
+                        optimizer_state: Mapping, step: int, history: list[dict], config: TrainConfig,
+                        keep: int = 2) -> Path:
     """directory/step_{step:06d}/ (model via save_pretrained, optimizer.pt, trainer.json), then latest.json -> it.
-    The step folder is written under a temporary name and renamed, latest.json replaced atomically: a run killed at
-    any moment leaves the previous checkpoint intact. Only the ``keep`` newest step folders are kept."""
+    The states are full (unsharded) and the optimizer's is keyed by parameter name, so any number of ranks can
+    resume from it. The step folder is written under a temporary name and renamed, latest.json replaced
+    atomically: a run killed at any moment leaves the previous checkpoint intact. Only the ``keep`` newest step
+    folders are kept."""
     directory = Path(directory)
     final = directory / f"step_{step:06d}"
     tmp = directory / f".tmp_step_{step:06d}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+    model.save_pretrained(tmp, state_dict=dict(model_state))
+    torch.save({"optimizer": optimizer_state}, tmp / "optimizer.pt")
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "config": config.to_dict(), "history": history}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -165,14 +221,12 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return Path(directory) / json.loads(pointer.read_text())["path"]
 
 
-def load_training_state(checkpoint: Path, model: MolmoLite, optimizer: torch.optim.Optimizer) -> tuple[int, list]:
-    """Restore weights, optimizer and torch RNG from a step folder; returns (step, history)."""
-    model.load_state_dict(load_file(checkpoint / "model.safetensors"))
+def read_training_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict, int, list]:
+    """(model state, named optimizer state, step, history) of a step folder."""
+    model_state = load_file(checkpoint / "model.safetensors")
     state = torch.load(checkpoint / "optimizer.pt", weights_only=True)  # tensors and numbers only: no pickle code
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
     trainer = json.loads((checkpoint / "trainer.json").read_text())
-    return trainer["step"], trainer["history"]
+    return model_state, state["optimizer"], trainer["step"], trainer["history"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -189,7 +243,12 @@ class Trainer:
 
     stop_after: leave the loop after this many steps of THIS call (to test resuming, or to train in slices from a
     notebook); the schedule still follows config.steps. callback(step, record) is called at every logged step.
+
+    One process. molmo_lite.distributed.DistributedTrainer is this class on several ranks: it overrides the hooks
+    marked "hook" below (wrapping the model, syncing gradients, reducing figures, gathering full states).
     """
+
+    rank, world_size = 0, 1
 
     def __init__(self, model: MolmoLite, config: TrainConfig, data: StageData, out_dir: str | Path,
                  device: torch.device | str | None = None, progress: bool = True,
@@ -197,53 +256,123 @@ class Trainer:
         self.model, self.config, self.data, self.out_dir = model, config, data, Path(out_dir)
         self.device = torch.device(device or "cpu")
         self.model.to(self.device)
-        self.optimizer = build_optimizer(model, config)
         self.model.llm.residual_dropout = config.residual_dropout
+        freeze_groups(model, config)  # before wrapping: DDP registers only the parameters that need gradients
+        self.module = self.wrap(model)
+        self.optimizer = build_optimizer(model, config)
         self.progress, self.callback = progress, callback
         self.step, self.history = 0, []
 
+    @property
+    def is_main(self) -> bool:
+        """The rank that logs, draws the progress bar and writes files."""
+        return self.rank == 0
+
+    # ------------------------------------------------------------------------------------------- hooks (1 process)
+
+    def wrap(self, model: MolmoLite) -> torch.nn.Module:
+        """hook: the module whose forward runs (DDP wraps it; FSDP2 shards it in place)."""
+        return model
+
+    def gradient_sync(self, enabled: bool):
+        """hook: a context in which backward does (not) all-reduce gradients (skipped for all but the last
+        micro-batch of a step)."""
+        return contextlib.nullcontext()
+
+    def reduce_sum(self, values: list[float]) -> list[float]:
+        """hook: the sums of ``values`` over ranks."""
+        return values
+
+    def clip_gradients(self) -> float:
+        """hook: clip to config.grad_clip; the total norm before clipping."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        return float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        """hook: the whole model's weights (a sharded run gathers them)."""
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def load_model_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """hook: load full weights (a sharded run keeps its shard of each)."""
+        self.model.load_state_dict(state)
+
+    def full_optimizer_state(self) -> dict:
+        return named_optimizer_state(self.optimizer, self._names())
+
+    def load_optimizer_state(self, named: Mapping) -> None:
+        load_named_optimizer_state(self.optimizer, named, self._names())
+
+    def barrier(self) -> None:
+        """hook: wait for every rank."""
+
+    def _names(self) -> dict[int, str]:
+        return {id(p): n for n, p in self.model.named_parameters()}
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+
     def resume(self) -> bool:
-        """Continue from out_dir/latest.json if there is one; True when it did."""
+        """Continue from out_dir/latest.json if there is one; True when it did. Every rank reads the same folder."""
         checkpoint = latest_checkpoint(self.out_dir)
         if checkpoint is None:
             return False
-        self.step, self.history = load_training_state(checkpoint, self.model, self.optimizer)
+        model_state, optimizer_state, self.step, self.history = read_training_state(checkpoint)
+        self.load_model_state(model_state)
+        self.load_optimizer_state(optimizer_state)
         return True
 
+    def save(self) -> Path | None:
+        """Checkpoint the current step (every rank gathers; the main rank writes)."""
+        model_state, optimizer_state = self.full_model_state(), self.full_optimizer_state()
+        path = None
+        if self.is_main:
+            path = save_training_state(self.out_dir, self.model, model_state, optimizer_state, self.step,
+                                       self.history, self.config)
+        self.barrier()
+        return path
+
+    # ------------------------------------------------------------------------------------------------------ steps
+
     def train_step(self, step: int) -> dict[str, float]:
-        """One optimizer step over grad_accum micro-batches; returns loss, grad norm, lrs, tokens."""
+        """One optimizer step over grad_accum micro-batches; returns loss, grad norm, lrs, tokens (global figures)."""
         config, model = self.config, self.model
         lrs = set_learning_rates(self.optimizer, step, config)
-        batches = step_batches(self.data, model, config, step)
-        total = sum(int((b["loss_weights"] > 0).sum()) for b in batches)  # answer tokens of the global batch
+        torch.manual_seed(step_seed(config.seed, step, self.rank))  # dropout of this step and rank
+        batches = step_batches(self.data, model, config, step, self.rank, self.world_size)
+        local = sum(int((b["loss_weights"] > 0).sum()) for b in batches)
+        total = self.reduce_sum([float(local)])[0]  # answer tokens of the global batch (all ranks)
+        # Each rank's loss is its share of the global-batch loss. Data-parallel backends AVERAGE gradients over
+        # ranks, so the share is multiplied by world_size to make the average the gradient of the global loss.
+        scale = float(self.world_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, tokens = 0.0, 0
         dtype = autocast_dtype(self.device)
-        for batch in batches:
+        for i, batch in enumerate(batches):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             targets, weights = batch.pop("target_ids"), batch.pop("loss_weights")
             dropout_mask = (weights > 0) if config.response_only else None
-            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(**batch, dropout_mask=dropout_mask).logits
-            loss, _, _ = answer_loss(logits, targets, weights, model.config.z_loss, normalizer=max(total, 1))
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"the loss is {loss.item()} at step {step}: lower the learning rates, check "
-                                         "the data of this step (step_batches reproduces it), or train in fp32")
-            loss.backward()
+            with self.gradient_sync(i == len(batches) - 1):
+                with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = self.module(**batch, dropout_mask=dropout_mask).logits
+                loss, _, _ = answer_loss(logits, targets, weights, model.config.z_loss, normalizer=max(total, 1.0))
+                (loss * scale).backward()
             loss_sum += loss.item()
             tokens += int(batch["attention_mask"].sum())
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        loss_sum, tokens = self.reduce_sum([loss_sum, float(tokens)])
+        if not math.isfinite(loss_sum):  # the same reduced figure on every rank: all stop together
+            raise NonFiniteLossError(f"the loss is {loss_sum} at step {step}: lower the learning rates, check the "
+                                     "data of this step (step_batches reproduces it), or train in fp32")
+        grad_norm = self.clip_gradients()
         self.optimizer.step()
-        return {"loss": loss_sum, "grad_norm": float(grad_norm), "tokens": tokens, **{f"lr_{k}": v for k, v in lrs.items()}}
+        return {"loss": loss_sum, "grad_norm": grad_norm, "tokens": int(tokens),
+                **{f"lr_{k}": v for k, v in lrs.items()}}
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> list[dict]:
         """Train until config.steps (or stop_after steps of this call); returns the history of logged steps."""
         if resume:
             self.resume()
-        self.model.train()
+        self.module.train()
         end = self.config.steps if stop_after is None else min(self.config.steps, self.step + stop_after)
-        bar = _progress(self.step, self.config.steps, self.progress)
+        bar = _progress(self.step, self.config.steps, self.progress and self.is_main)
         start, tokens = time.perf_counter(), 0
         while self.step < end:
             record = self.train_step(self.step)
@@ -252,17 +381,17 @@ class Trainer:
             if self.step % self.config.log_every == 0 or self.step == end:
                 record.update(step=self.step, tokens_per_second=tokens / max(time.perf_counter() - start, 1e-9))
                 self.history.append(record)
-                if self.callback:
+                if self.callback and self.is_main:
                     self.callback(self.step, record)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record.get('lr_llm', 0):.1e}",
                                 tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}")
             if self.step % self.config.save_every == 0 or self.step == end:
-                save_training_state(self.out_dir, self.model, self.optimizer, self.step, self.history, self.config)
+                self.save()
         if bar is not None:
             bar.close()
-        self.model.eval()
+        self.module.eval()
         return self.history
 
 
@@ -349,6 +478,23 @@ def tiny_model(seed: int = 0) -> MolmoLite:
     vision, llm = tiny_encoder(), tiny_lm()
     torch.manual_seed(seed)
     return MolmoLite.from_parts("tiny", vision=vision, llm=llm)
+
+
+def build_model(name: str = "tiny", seed: int = 0) -> MolmoLite:
+    """The starting model of a training run: "tiny" (pretrained tiny parts, CPU), "small" (random weights: one GPU,
+    trained from scratch with the small-* presets), or a released geometry ("molmo-7b-d", "molmo-7b-o") started from
+    its real CLIP and LLM weights (MolmoLite.from_backbones; needs the network or the Hub cache)."""
+    from .config import BACKBONES, MOLMO_PRESETS
+
+    if name == "tiny":
+        return tiny_model(seed)
+    if name in BACKBONES:
+        torch.manual_seed(seed)
+        return MolmoLite.from_backbones(name)
+    if name in MOLMO_PRESETS:
+        torch.manual_seed(seed)
+        return MolmoLite(name)
+    raise ValueError(f"unknown model {name!r}; known: {sorted(MOLMO_PRESETS)}")
 
 
 def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = None, sft: TrainConfig | None = None,

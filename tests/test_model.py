@@ -188,3 +188,42 @@ def test_a_padded_batch_mixing_image_sizes_and_text_only_rows_equals_each_exampl
             n = len(example[0])
             torch.testing.assert_close(batched.logits[row, :n], alone.logits[0], rtol=0, atol=1e-5)
             torch.testing.assert_close(batched.per_token_loss[row, :n], alone.per_token_loss[0], rtol=0, atol=1e-5)
+
+
+def test_from_backbones_starts_from_an_open_clip_vit_and_a_qwen2_checkpoint(tmp_path, monkeypatch):
+    """The real presets' loading path, on local files of the real formats: an open_clip vision tower (safetensors) and
+    a transformers Qwen2 folder. The parts must compute exactly what their sources compute."""
+    from open_clip.transformer import VisionTransformer as OpenClipViT
+    from safetensors.torch import save_file
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from molmo_lite.tokenizer import TINY_BPE_PATH
+
+    torch.manual_seed(0)
+    clip = OpenClipViT(image_size=56, patch_size=14, width=96, layers=4, heads=4, mlp_ratio=4.0, output_dim=64,
+                       act_layer=torch.nn.GELU).eval()
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, tmp_path / "clip.safetensors")
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=512, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                        rope_theta=10_000.0, rms_norm_eps=1e-6)).eval()
+    qwen.save_pretrained(tmp_path / "qwen2")
+
+    model = MolmoLite.from_backbones("tiny", vision=tmp_path / "clip.safetensors", llm=tmp_path / "qwen2",
+                                     tokenizer=TINY_BPE_PATH).eval()
+    images = torch.randn(2, 3, 56, 56)
+    ids = torch.randint(0, 512, (2, 9))
+    with torch.no_grad():
+        block_outputs = []
+        hooks = [b.register_forward_hook(lambda m, i, o: block_outputs.append(o)) for b in clip.transformer.resblocks]
+        clip(images)
+        for h in hooks:
+            h.remove()
+        expected = torch.cat([block_outputs[-1], block_outputs[-3]], dim=-1)[:, 1:]  # layers (-1, -3), no CLS
+        torch.testing.assert_close(model.vision.features(images), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.llm(ids), qwen(ids).logits, rtol=1e-4, atol=1e-5)
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError, match="Offline"):
+        MolmoLite.from_backbones("tiny", vision=tmp_path / "clip.safetensors", llm="nobody/no-such-model")

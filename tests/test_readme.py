@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import course_run, data, decode, preprocess
+from benchmarks import course_run, data, decode, preprocess, train
 from benchmarks.common import readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ def test_quick_start_has_the_two_commands():
 
 
 @pytest.mark.parametrize("name, module", [("preprocess", preprocess), ("decode", decode), ("data", data),
-                                                  ("course_run", course_run)])
+                                                  ("course_run", course_run), ("train", train)])
 def test_benchmark_tables_come_from_the_benchmark_json(name, module):
     result = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
     assert readme_block(name) == module.readme_table(result), f"rerun `python -m benchmarks.{name}` to refresh the README"

@@ -117,3 +117,18 @@ def test_a_short_run_learns_and_the_evaluation_runs_on_it(tmp_path):
     assert set(report["metrics"]) == set(sets) and all(len(report["predictions"][t]) == 3 for t in sets)
     assert json.loads(json.dumps(report))["metrics"]["pointing"]["f1"] >= 0.0
     assert "| pointing | f1 |" in metrics_table(report)
+
+
+def test_the_small_preset_builds_and_takes_a_training_step(tmp_path):
+    """The one-GPU preset, on CPU: 112 px crops, a model ~10x the tiny one; one step of its SFT preset runs."""
+    from dataclasses import replace
+
+    from molmo_lite.config import TRAIN_PRESETS
+    from molmo_lite.train import build_model
+
+    model = build_model("small")
+    tiny = sum(p.numel() for p in MolmoLite("tiny").parameters())
+    assert sum(p.numel() for p in model.parameters()) > 10 * tiny
+    config = replace(TRAIN_PRESETS["small-sft"], steps=1, batch_size=2, examples=4, save_every=10)
+    history = Trainer(model, config, stage_data(config), tmp_path, progress=False).fit()
+    assert math.isfinite(history[-1]["loss"])
