@@ -38,11 +38,9 @@ notebooks: $(STAMP)
 	cd notebooks && ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace *.ipynb
 	cd solutions && ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace *.ipynb
 
+# Every benchmark side by side (preprocess, decode, data, train, quantize, distributed) + benchmarks/results.json.
 bench: $(STAMP)
-	$(PY) -m benchmarks.preprocess
-	$(PY) -m benchmarks.decode
-	$(PY) -m benchmarks.data
-	$(PY) -m benchmarks.train
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -22,6 +22,10 @@ Three pieces, used by instructors, by CI and by ``python -m molmo_lite {exercise
    others), appends one cell that runs the chapter's checks on the notebook's ``globals()`` in that same kernel, and
    reads the results back. A notebook that cannot run at all (kernel death, timeout, unreadable file) gets a failing
    row per check, never an exception.
+
+4. **Batch grading.** ``grade_batch`` grades a folder of students' submissions, each notebook in its own process
+   with a time limit for the whole notebook, and writes one CSV row per student and exercise
+   (``python -m molmo_lite grade --batch SUBMISSIONS --out grades.csv``; INSTRUCTORS.md).
 """
 
 from __future__ import annotations
@@ -353,6 +357,84 @@ def print_report(results: Sequence[CheckResult], file: TextIO | None = None) -> 
     for r in results:
         print(f"{r.exercise:<{width}} | {'PASS' if r.passed else 'FAIL':<6} | {_first_line(r.message)}", file=file)
     print(f"{sum(r.passed for r in results)}/{len(results)} exercises pass", file=file)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. Batch grading: a class's submissions, one CSV.
+# ---------------------------------------------------------------------------------------------------------------------
+
+GRADE_COLUMNS = ("student", "notebook", "chapter", "exercise", "passed", "message", "seconds")
+
+
+def submissions(directory: str | Path) -> list[tuple[str, Path]]:
+    """(student, notebook) pairs of a submissions folder, sorted.
+
+    Layout: one folder per student holding their notebooks (``SUBMISSIONS/alice/03_connector_exercises.ipynb``, at
+    any depth below it), or notebooks directly in the folder named ``STUDENT__NOTEBOOK.ipynb`` (e.g. what an LMS
+    export gives: ``alice__03_connector_exercises.ipynb``). Jupyter's checkpoint copies are ignored."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder of submissions")
+    found = []
+    for path in sorted(root.rglob("*.ipynb")):
+        relative = path.relative_to(root)
+        if ".ipynb_checkpoints" in relative.parts:
+            continue
+        student = relative.parts[0] if len(relative.parts) > 1 else path.stem.partition("__")[0]
+        found.append((student, path))
+    return found
+
+
+def grade_in_subprocess(path: Path, time_limit: float, cell_timeout: float | None = None) -> list[CheckResult]:
+    """``grade_notebook`` in a separate process (and process group) that is killed, kernel included, when it takes
+    longer than ``time_limit`` seconds in all: a notebook that loops forever gets failing rows, the batch goes on."""
+    import os
+
+    try:
+        chapter = notebook_chapter(nbformat.read(path, as_version=4), path)
+    except Exception:  # unreadable: grade_notebook reports it in its own rows
+        chapter = notebook_chapter(None, path)
+    cmd = [sys.executable, "-m", "molmo_lite", "grade", str(path), "--json",
+           "--timeout", str(cell_timeout or time_limit)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)  # its own process group: the kernel dies with it
+    try:
+        out, _ = proc.communicate(timeout=time_limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return _failing_rows(chapter, f"the notebook did not finish within the time limit of {time_limit:.0f} s")
+    try:
+        return [CheckResult(**row) for row in json.loads(out.strip().splitlines()[-1])]
+    except (ValueError, IndexError, TypeError):
+        return _failing_rows(chapter, f"the grader failed on this notebook (exit status {proc.returncode})")
+
+
+def grade_batch(directory: str | Path, out_csv: str | Path, time_limit: float = 300,
+                log: Callable[[str], None] | None = print) -> list[dict]:
+    """Grade every submission of ``directory`` (layout: ``submissions``), each within ``time_limit`` seconds, and
+    write one CSV row per student, notebook and exercise (columns GRADE_COLUMNS; passed is 1 or 0). Returns the rows.
+    A notebook that crashes, cannot be read or loops gets failing rows with the reason; the batch never stops."""
+    import csv
+
+    rows = []
+    for student, path in submissions(directory):
+        start = time.monotonic()
+        results = grade_in_subprocess(path, time_limit)
+        seconds = round(time.monotonic() - start, 1)
+        chapter = notebook_chapter(None, path)
+        for r in results:
+            rows.append({"student": student, "notebook": path.name, "chapter": chapter, "exercise": r.exercise,
+                         "passed": int(r.passed), "message": _first_line(r.message), "seconds": seconds})
+        if log:
+            log(f"{student:<20} {path.name:<40} {sum(r.passed for r in results)}/{len(results)} pass ({seconds:.0f} s)")
+    out = Path(out_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=GRADE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------------

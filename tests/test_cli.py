@@ -1,12 +1,14 @@
-"""The command line: `crops`, and `run` (the main job, `make run`), `train`, `evaluate`, `generate`."""
+"""The command line: `crops`, and `run` (the main job, `make run`), `train`, `evaluate`, `generate`, `doctor`."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from molmo_lite.__main__ import main
 from molmo_lite.preprocessing import MolmoImageProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +68,31 @@ def test_run_quick_writes_the_whole_pipeline_then_evaluate_and_generate_read_it(
     image = ROOT / "data_samples" / "images" / "grace_hopper.jpg"
     assert main(["generate", str(out / "final"), "--image", str(image), "--prompt", "What is this?",
                  "--max-new-tokens", "4"]) == 0
+
+
+def test_doctor_runs_offline_and_names_the_device_and_every_package_version():
+    """As a student runs it: a fresh process, the Hub switched off. Versions are read here independently."""
+    from importlib import metadata
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "molmo_lite", "doctor"], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    for name in ("torch", "torchvision", "transformers", "open_clip_torch", "datasets", "bitsandbytes", "peft",
+                 "matplotlib", "jupyterlab", "nbval"):
+        assert metadata.version(name) in lines[name], lines.get(name)
+    import torch
+
+    assert "cuda:0" in lines if torch.cuda.is_available() else "no CUDA GPU" in lines["cuda"]
+    assert f"{os.cpu_count()} cores" in lines["cpu"]
+
+
+def test_doctor_says_what_is_missing_and_fails(monkeypatch, capsys):
+    from molmo_lite import doctor
+
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda name: None if name == "datasets" else real(name))
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "datasets" in out and "MISSING: datasets" in out

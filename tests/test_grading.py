@@ -6,6 +6,7 @@ Every grade_notebook call starts a kernel (2-3 s), so each notebook is graded on
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from molmo_lite.grading import (
     checks_for,
     clear_solution,
     exercises_up_to_date,
+    grade_batch,
     grade_notebook,
     make_exercise,
     notebook_chapter,
@@ -229,3 +231,39 @@ def test_unreadable_notebook_fails_every_check(tmp_path):
     path = tmp_path / "01_crops_exercises.ipynb"
     path.write_text("{ this is not json")
     _assert_all_fail(grade_notebook(path), "01_crops", "cannot read")
+
+
+@pytest.mark.slow
+def test_batch_grading_gives_the_right_csv_for_four_kinds_of_submission(tmp_path):
+    """A class of four: fully solved, half solved (one of three exercises), untouched, and a notebook that loops
+    forever. The CSV has one row per student and exercise with the right verdicts; the looping one is cut off at the
+    per-notebook time limit and does not stop the batch."""
+    import csv
+
+    chapter = "10_evaluation"
+    solved = nbformat.read(SOLUTIONS_DIR / f"{chapter}_exercises.ipynb", as_version=4)
+    untouched = nbformat.read(EXERCISES_DIR / f"{chapter}_exercises.ipynb", as_version=4)
+    half = copy.deepcopy(untouched)  # the student solved clock_close only
+    half.cells = [s if "def clock_close" in s.source else e for s, e in zip(solved.cells, untouched.cells)]
+    looping = copy.deepcopy(solved)
+    looping.cells.insert(2, nbformat.v4.new_code_cell("while True:\n    pass"))
+    for student, nb in (("ada", solved), ("bo", half), ("cy", untouched), ("dee", looping)):
+        (tmp_path / "in" / student).mkdir(parents=True)
+        nbformat.write(nb, tmp_path / "in" / student / f"{chapter}_exercises.ipynb")
+
+    limit = 40.0
+    start = time.monotonic()
+    grade_batch(tmp_path / "in", tmp_path / "grades.csv", time_limit=limit, log=None)
+    elapsed = time.monotonic() - start
+    with (tmp_path / "grades.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    verdicts = {(r["student"], r["exercise"]): r["passed"] for r in rows}
+    exercises = ("clock_close", "normalize_answer", "caption_recall")
+    assert len(rows) == 4 * len(exercises)
+    assert all(verdicts["ada", e] == "1" for e in exercises)
+    assert [verdicts["bo", e] for e in exercises] == ["1", "0", "0"]
+    assert all(verdicts["cy", e] == "0" for e in exercises)
+    assert all(verdicts["dee", e] == "0" for e in exercises)
+    assert all("time limit" in r["message"] for r in rows if r["student"] == "dee")
+    dee_seconds = float(next(r["seconds"] for r in rows if r["student"] == "dee"))
+    assert limit <= dee_seconds < limit + 10 and elapsed < limit + 120

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import course_run, data, decode, preprocess, train
+from benchmarks import course_run, data, decode, distributed, preprocess, quantize, train
+from benchmarks.__main__ import summary
 from benchmarks.common import readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,10 +21,21 @@ def test_quick_start_has_the_two_commands():
 
 
 @pytest.mark.parametrize("name, module", [("preprocess", preprocess), ("decode", decode), ("data", data),
-                                                  ("course_run", course_run), ("train", train)])
+                                                  ("course_run", course_run), ("train", train),
+                                                  ("quantize", quantize), ("distributed", distributed)])
 def test_benchmark_tables_come_from_the_benchmark_json(name, module):
     result = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
     assert readme_block(name) == module.readme_table(result), f"rerun `python -m benchmarks.{name}` to refresh the README"
+
+
+def test_the_summary_table_is_rebuilt_from_every_benchmark_json():
+    """`python -m benchmarks` gathers one ratio per figure; README and results.json must match the JSON files."""
+    results = {name: json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+               for name in ("preprocess", "decode", "data", "train", "quantize", "distributed")}
+    result, table = summary(results)
+    assert readme_block("summary") == table, "rerun `python -m benchmarks --summary-only`"
+    saved = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    assert saved["rows"] == result["rows"]
 
 
 def test_ready_chapters_exist():
