@@ -176,9 +176,28 @@ def check(chapter: str, exercise: str) -> Callable[[CheckFn], CheckFn]:
     return register
 
 
+EXTRA_CHECKS_VARIABLE = "MOLMO_LITE_CHECKS"
+_extra_loaded: set[str] = set()
+
+
 def _load_chapter_checks() -> None:
-    """Import molmo_lite.checks, whose modules (one per chapter) register their checks with @check."""
+    """Import molmo_lite.checks, whose modules (one per chapter) register their checks with @check, then the
+    instructor's own check files named in $MOLMO_LITE_CHECKS (paths of .py files, separated by the OS path separator):
+    hidden checks that live on the grader's machine only (INSTRUCTORS.md)."""
+    import importlib.util
+    import os
+
     import molmo_lite.checks  # noqa: F401  (imported for its registrations)
+
+    for item in filter(None, os.environ.get(EXTRA_CHECKS_VARIABLE, "").split(os.pathsep)):
+        path = str(Path(item).resolve())
+        if path in _extra_loaded:
+            continue
+        spec = importlib.util.spec_from_file_location(f"molmo_lite_extra_checks_{len(_extra_loaded)}", path)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"${EXTRA_CHECKS_VARIABLE}: {item} is not a Python file")
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        _extra_loaded.add(path)
 
 
 def checks_for(chapter: str) -> dict[str, CheckFn]:

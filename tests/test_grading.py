@@ -267,3 +267,24 @@ def test_batch_grading_gives_the_right_csv_for_four_kinds_of_submission(tmp_path
     assert all("time limit" in r["message"] for r in rows if r["student"] == "dee")
     dee_seconds = float(next(r["seconds"] for r in rows if r["student"] == "dee"))
     assert limit <= dee_seconds < limit + 10 and elapsed < limit + 120
+
+
+def test_an_instructors_hidden_checks_are_loaded_from_the_environment(tmp_path, monkeypatch):
+    """Checks kept off the students' copy: a .py file named in $MOLMO_LITE_CHECKS registers more exercises."""
+    hidden = tmp_path / "hidden_checks.py"
+    hidden.write_text(
+        "from molmo_lite.grading import check\n\n"
+        "@check('10_evaluation', 'hidden_clock_edge_case')\n"
+        "def hidden(namespace):\n"
+        "    assert namespace['clock_close']('12:00', 12, 0) == (1.0, 1.0), 'noon is noon'\n"
+    )
+    from molmo_lite import grading
+
+    checks_for("10_evaluation")  # the package's own checks registered first
+    monkeypatch.setattr(grading, "_CHECKS", {k: dict(v) for k, v in grading._CHECKS.items()})  # undone after
+    monkeypatch.setattr(grading, "_extra_loaded", set())
+    monkeypatch.setenv("MOLMO_LITE_CHECKS", str(hidden))
+    checks = checks_for("10_evaluation")
+    assert "hidden_clock_edge_case" in checks and "clock_close" in checks
+    with pytest.raises(AssertionError, match="noon"):
+        checks["hidden_clock_edge_case"]({"clock_close": lambda answer, hour, minute: (0.0, 0.0)})
