@@ -1,6 +1,7 @@
 """Command line: ``python -m molmo_lite COMMAND`` (installed as ``molmo-lite``).
 
     python -m molmo_lite grade exercises/01_crops_exercises.ipynb   run a notebook and check its exercises
+    python -m molmo_lite grade --batch SUBMISSIONS --out grades.csv  grade a class: one CSV row per student, exercise
     python -m molmo_lite exercises [--check]                         generate exercises/ from solutions/
     python -m molmo_lite crops IMAGE_OR_DIR ... [--out DIR]          preprocess images, draw their crops and tokens
     python -m molmo_lite run [--out runs/tiny]                       the main job: stage 1, stage 2, evaluation
@@ -8,6 +9,7 @@
     torchrun --nproc-per-node 2 -m molmo_lite train ... --strategy {ddp,fsdp}   the same on 2 processes
     python -m molmo_lite evaluate CHECKPOINT [--n 100]               held-out metrics of a saved model, as JSON
     python -m molmo_lite generate CHECKPOINT --image IMG --prompt P  one answer
+    python -m molmo_lite doctor                                      packages, device, what runs here (offline)
 
 Each command is one ``add_*_command(subparsers)`` function that registers its arguments and its handler; a handler
 takes the parsed arguments and returns the exit status.
@@ -21,18 +23,38 @@ from collections.abc import Sequence
 
 
 def _grade(args: argparse.Namespace) -> int:
-    """Grade one notebook; 0 when every exercise passes."""
-    from molmo_lite.grading import grade_notebook, print_report
+    """Grade one notebook (0 when every exercise passes), or with --batch a folder of submissions into a CSV."""
+    import json
+    from dataclasses import asdict
 
+    from molmo_lite.grading import grade_batch, grade_notebook, print_report
+
+    if args.batch:
+        rows = grade_batch(args.batch, args.out, time_limit=args.time_limit)
+        print(f"wrote {args.out}: {len(rows)} rows, {sum(r['passed'] for r in rows)} passing")
+        return 0
+    if not args.notebook:
+        raise SystemExit("give a notebook to grade, or --batch SUBMISSIONS_DIR")
     results = grade_notebook(args.notebook, timeout=args.timeout)
-    print_report(results)
+    if args.json:  # one line, read by grade --batch
+        print(json.dumps([asdict(r) for r in results]))
+    else:
+        print_report(results)
     return 0 if results and all(r.passed for r in results) else 1
 
 
 def add_grade_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("grade", help="run an exercise notebook and check its answers")
-    parser.add_argument("notebook", help="path to the notebook, e.g. exercises/01_crops_exercises.ipynb")
+    from pathlib import Path
+
+    parser = subparsers.add_parser("grade", help="run an exercise notebook and check its answers (or a class's)")
+    parser.add_argument("notebook", nargs="?", help="path to the notebook, e.g. exercises/01_crops_exercises.ipynb")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per cell (default 600)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON line")
+    parser.add_argument("--batch", type=Path, default=None,
+                        help="grade every notebook of this folder (one subfolder per student, see INSTRUCTORS.md)")
+    parser.add_argument("--out", type=Path, default=Path("grades.csv"), help="with --batch: the CSV to write")
+    parser.add_argument("--time-limit", type=float, default=300,
+                        help="with --batch: seconds allowed per notebook in all (default 300)")
     parser.set_defaults(handler=_grade)
 
 
@@ -185,7 +207,8 @@ def _train(args: argparse.Namespace) -> int:
     this; rank 0 logs and writes (molmo_lite.distributed)."""
     import json
 
-    from molmo_lite.distributed import DistributedTrainer, init_distributed, launched_by_torchrun, main_first, shutdown
+    from molmo_lite.distributed import (DistributedTrainer, init_distributed, launched_by_torchrun, main_first,
+                                        memory_per_rank, shutdown)
     from molmo_lite.model import MolmoLite
     from molmo_lite.train import Trainer, build_model, plot_history, stage_data
 
@@ -202,10 +225,12 @@ def _train(args: argparse.Namespace) -> int:
                                      activation_checkpointing=args.activation_checkpointing, info=info,
                                      progress=not args.no_progress)
     history = trainer.fit(resume=args.resume, stop_after=args.stop_after)
+    ranks = memory_per_rank(trainer)  # what each rank holds at the end (a collective: all ranks call it)
     state = trainer.full_model_state()  # every rank takes part in gathering a sharded model
     if trainer.is_main:
         model.save_pretrained(args.out / "final", state_dict=state)
         (args.out / "history.json").write_text(json.dumps(history))
+        (args.out / "ranks.json").write_text(json.dumps(ranks, indent=1))
         plot_history(history, args.out / "loss.png", title=f"stage {args.stage}")
         where = f" on {trainer.world_size} ranks ({trainer.strategy})" if trainer.world_size > 1 else ""
         print(f"wrote {args.out / 'final'}{where}; last loss {history[-1]['loss']:.4f}" if history else "nothing to do")
@@ -289,12 +314,26 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_generate)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """Print what this machine has (packages, device, caches) and which chapters run; 1 if a package is missing."""
+    from molmo_lite.doctor import diagnose, report
+
+    findings = diagnose()
+    print(report(findings))
+    return 1 if any(f.state == "missing" for f in findings) else 0
+
+
+def add_doctor_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("doctor", help="check the environment offline: packages, device, what runs here")
+    parser.set_defaults(handler=_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``molmo_lite`` argument parser with every command registered."""
     parser = argparse.ArgumentParser(prog="python -m molmo_lite", description="molmo_lite: build Molmo from scratch.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (add_grade_command, add_exercises_command, add_crops_command, add_run_command,
-                        add_train_command, add_evaluate_command, add_generate_command):
+                        add_train_command, add_evaluate_command, add_generate_command, add_doctor_command):
         add_command(subparsers)
     return parser
 

@@ -16,7 +16,8 @@ takes the same optimizer step. With gradient accumulation only the last micro-ba
 Sharded data parallel (FSDP2, ``torch.distributed.fsdp.fully_shard``). Each parameter is split into N shards (dim 0),
 one per rank, as a DTensor; a ViT or LLM block gathers its full weights just before its forward / backward and frees
 them after, and gradients are reduce-scattered, so every rank keeps 1/N of the weights, gradients and AdamW moments.
-Molmo trains with FSDP in exactly this way (one unit per block).
+Molmo trains with FSDP in exactly this way (one unit per block). ``memory_per_rank`` reports what every rank holds
+(the train command writes it to OUT/ranks.json): a DDP rank as much as one process, an FSDP2 rank about 1/N of it.
 
 Both give the gradient of the global batch, so the weights after k steps equal those of one process with the same
 global batch, up to fp32 summation order (tests/test_distributed.py). Checkpoints hold FULL tensors (the sharded run
@@ -156,6 +157,34 @@ def local_parameter_bytes(model: nn.Module) -> int:
         local = p.to_local() if hasattr(p, "to_local") else p
         total += local.numel() * local.element_size()
     return total
+
+
+def _local_bytes(t: torch.Tensor | None) -> int:
+    """Bytes of the part of ``t`` this rank holds: a DTensor's local shard, a plain tensor whole, None nothing."""
+    if t is None:
+        return 0
+    local = t.to_local() if hasattr(t, "to_local") else t
+    return local.numel() * local.element_size()
+
+
+def memory_per_rank(trainer: Trainer) -> list[dict]:
+    """What every rank holds, in bytes: parameters, gradients (those present now: after a step, the last step's) and
+    optimizer state (AdamW: two moments per parameter and a step counter), sharded tensors counted by their local
+    shard. A collective under torchrun (every rank must call it); one row per rank, the same list on every rank.
+    On CUDA, ``peak_device`` is the most memory the device held (activations and gathered weights included)."""
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    state = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    device = getattr(trainer, "device", torch.device("cpu"))
+    row = {"rank": trainer.rank, "world_size": trainer.world_size,
+           "strategy": getattr(trainer, "strategy", None) if trainer.world_size > 1 else None,
+           "parameters": local_parameter_bytes(trainer.model), "gradients": sum(_local_bytes(p.grad) for p in params),
+           "optimizer": sum(_local_bytes(v) for v in state),
+           "peak_device": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+    if trainer.world_size == 1 or not dist.is_initialized():
+        return [row]
+    rows: list = [None] * trainer.world_size
+    dist.all_gather_object(rows, row)
+    return rows
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Every run here is the course's own command line, ``python -m molmo_lite train``, launched by torchrun for 2 ranks:
 each rank takes micro-batches of 1 with 2 accumulation steps (so DDP's no_sync and FSDP2's deferred gradient sync are
 exercised); the reference is one process with micro-batches of 2 and the same 2 accumulation steps, i.e. the same 4
-examples per step.
+examples per step. Each run also writes ranks.json, the bytes every rank holds (molmo_lite.distributed.memory_per_rank).
 """
 
 from __future__ import annotations
@@ -64,6 +64,21 @@ def reference(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def two_ranks(reference):
+    """run(strategy): the 2-rank run of that strategy from the same init, made once and shared by the tests below."""
+    done = set()
+
+    def run(strategy: str):
+        out = reference / strategy
+        if strategy not in done:
+            _torchrun(out, reference / "init", "--strategy", strategy)
+            done.add(strategy)
+        return out
+
+    return run
+
+
 def test_the_reference_run_moves_the_weights(reference):
     """Guards the comparisons below: 20 steps change the weights by far more than the tolerance they are held to."""
     moved = _max_difference(_weights(reference / "one"), load_file(reference / "init" / "model.safetensors"))
@@ -71,11 +86,39 @@ def test_the_reference_run_moves_the_weights(reference):
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_ranks_end_with_the_weights_of_one_process_with_the_same_global_batch(reference, strategy):
-    out = reference / strategy
-    _torchrun(out, reference / "init", "--strategy", strategy)
+def test_two_ranks_end_with_the_weights_of_one_process_with_the_same_global_batch(reference, two_ranks, strategy):
+    out = two_ranks(strategy)
     assert _max_difference(_weights(out), _weights(reference / "one")) < 1e-5  # fp32 summation order only
     assert _losses(out) == pytest.approx(_losses(reference / "one"), rel=1e-5)
+
+
+def _chunk_rows(rows: int, rank: int, world_size: int) -> int:
+    """Rows of dim 0 that ``rank`` keeps when FSDP2 cuts a parameter as torch.chunk does: ceil(rows / world_size)
+    each, the last ranks fewer (or none); the padding that makes the shards equal is not counted."""
+    size = -(-rows // world_size)
+    return max(0, min(rows, (rank + 1) * size) - rank * size)
+
+
+def test_fsdp_ranks_each_hold_half_the_bytes_of_a_ddp_rank(reference, two_ranks):
+    """ranks.json of the two 2-rank runs: DDP replicates parameters, gradients and AdamW moments on every rank;
+    FSDP2 keeps a dim-0 shard of each parameter on each rank, so about half of them."""
+    ddp = json.loads((two_ranks("ddp") / "ranks.json").read_text())
+    fsdp = json.loads((two_ranks("fsdp") / "ranks.json").read_text())
+    one = json.loads((reference / "one" / "ranks.json").read_text())
+    params = list(MolmoLite.from_pretrained(reference / "init").parameters())
+    total = sum(p.numel() * p.element_size() for p in params)
+    assert [r["rank"] for r in ddp] == [r["rank"] for r in fsdp] == [0, 1]
+    for row in ddp + one:  # every data-parallel rank holds what one process holds
+        assert row["parameters"] == row["gradients"] == total
+        assert row["optimizer"] == pytest.approx(2 * total, rel=1e-3)  # exp_avg, exp_avg_sq (+ a step counter each)
+    row_bytes = [(p.numel() // p.shape[0]) * p.element_size() for p in params]  # one row of dim 0
+    padding = sum(b for p, b in zip(params, row_bytes) if p.shape[0] % 2)  # an odd dim 0: rank 0 keeps one row more
+    for row in fsdp:
+        expected = sum(_chunk_rows(p.shape[0], row["rank"], 2) * b for p, b in zip(params, row_bytes))
+        assert row["parameters"] == row["gradients"] == expected
+        assert abs(row["parameters"] - total / 2) <= padding / 2
+        assert row["optimizer"] == pytest.approx(ddp[row["rank"]]["optimizer"] / 2, rel=1e-3)
+    assert sum(row["parameters"] for row in fsdp) == total  # the shards tile the model: nothing lost, nothing twice
 
 
 def test_a_checkpoint_saved_by_two_sharded_ranks_resumes_on_one_process(reference):

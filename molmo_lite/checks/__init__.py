@@ -11,4 +11,6 @@ from . import (  # noqa: F401
     ch08_stage1_captioning,
     ch09_stage2_sft,
     ch10_evaluation,
+    ch11_quantized_qlora,
+    ch12_multi_gpu,
 )
