@@ -152,3 +152,17 @@ def report(findings: list[Finding]) -> str:
     lines.append("all required packages are installed" if not missing else f"MISSING: {', '.join(missing)}: "
                  "run `make install` (or pip install -e '.[dev]') in the project's folder")
     return "\n".join(lines)
+
+
+STATE_COLOURS = {"ok": "#2e7d32", "info": "#1565c0", "warn": "#e65100", "missing": "#c62828"}
+
+
+def report_html(findings: list[Finding]) -> str:
+    """The findings as an HTML table for a notebook (states coloured, cells left-aligned, text escaped)."""
+    import html
+
+    rows = "".join(f"<tr><td style='text-align:left'><code>{html.escape(f.item)}</code></td>"
+                   f"<td style='text-align:left;color:{STATE_COLOURS[f.state]}'><b>{f.state}</b></td>"
+                   f"<td style='text-align:left'>{html.escape(f.detail)}</td></tr>" for f in findings)
+    return (f"<table><tr><th style='text-align:left'>item</th><th style='text-align:left'>state</th>"
+            f"<th style='text-align:left'>detail</th></tr>{rows}</table>")

@@ -10,7 +10,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.patches import Rectangle
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 from .config import IM_COL, IM_END, IM_PATCH, IM_START, PreprocessorConfig
 from .preprocessing import ImageInputs, ImageLike, crop_geometry, load_image, resize_and_pad
@@ -157,3 +157,101 @@ def crop_explorer(image: ImageLike, config: PreprocessorConfig, max_value: int =
     handle = display(figure_for(config.max_crops), display_id=True)
     slider.observe(lambda change: handle.update(figure_for(change["new"])), names="value")
     return slider
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Chapter 00: the map of the course.
+# --------------------------------------------------------------------------------------------------------------------
+
+_MAP_PARTS = {  # colour of each part: (fill, edge)
+    "pre": ("#dbe9f6", "#2f6ea5"), "vit": ("#e2f0da", "#3f8a33"), "con": ("#fde8cf", "#cc7722"),
+    "llm": ("#ebe1f5", "#74529e"), "tok": ("#f7e0ea", "#a8466f"), "out": ("#fff3c4", "#a68a00"),
+    "run": ("#efefef", "#666666"),
+}
+
+
+def _map_box(ax, x, y, w, h, part, title, chapter, detail="", dashed=False):
+    """A rounded box with a bold title, detail lines and its chapter number as a tag on the top-left corner."""
+    fill, edge = _MAP_PARTS[part]
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=0.12", fc=fill, ec=edge,
+                                lw=1.6, ls="--" if dashed else "-"))
+    ax.text(x + w / 2, y + h - 0.27, title, ha="center", va="center", fontsize=12, weight="bold", color="#222")
+    ax.text(x + w / 2, y + h - 0.5, detail, ha="center", va="top", fontsize=9.5, color="#333", linespacing=1.35)
+    if chapter:
+        ax.text(x + 0.12, y + h, chapter, ha="left", va="center", fontsize=9.5, weight="bold", color="white",
+                bbox=dict(boxstyle="round,pad=0.22,rounding_size=0.15", fc=edge, ec="none"))
+
+
+def _map_arrow(ax, start, end, ls="-"):
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=15, lw=1.5, color="#444", ls=ls,
+                                 shrinkA=1, shrinkB=1))
+
+
+def _map_tensor_label(ax, x, y, name, shape):
+    """What travels along an arrow: its name, and its shape in a white tag."""
+    ax.text(x, y, shape, ha="center", va="bottom", fontsize=9.5, family="monospace", color="#111",
+            bbox=dict(boxstyle="round,pad=0.22", fc="white", ec="#aaaaaa", lw=0.7))
+    ax.text(x, y + 0.3, name, ha="center", va="bottom", fontsize=9, color="#555", style="italic")
+
+
+def plot_course_map(shapes: dict[str, str], cfg, backbones: dict[str, str]):
+    """Chapter 00's map: Molmo's four parts as boxes labelled with the chapter that builds each, the tensors between
+    them (``shapes``: name -> shape text, for "image", "crops", "patch features", "image features", "next-token
+    logits" and "token ids"), the tokenizer feeding the LLM, and the training / scaling chapters below.
+    cfg: a MolmoConfig; backbones: BACKBONES[name] (names of the ViT and LLM). Returns the figure."""
+    p, v, c, l = cfg.preprocessor, cfg.vision, cfg.connector, cfg.llm
+    vit_name, llm_name = backbones["vision"].split("/")[0], backbones["llm"].split("/")[-1]
+    fig = plt.figure(figsize=(13, 5.3))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, 13)
+    ax.set_ylim(0, 5.3)
+    ax.set_axis_off()
+    y, h = 2.75, 1.4                                 # the model's row: x and width of each box
+    xs = {"img": (0.1, 0.95), "pre": (1.75, 1.7), "vit": (4.15, 1.7), "con": (6.55, 1.7), "llm": (8.95, 1.7),
+          "out": (11.35, 1.55)}
+    _map_box(ax, *xs["img"][:1], y, xs["img"][1], h, "run", "image", "", "any size,\nany format")
+    _map_box(ax, xs["pre"][0], y, xs["pre"][1], h, "pre", "preprocessor", "01",
+        f"overview + up to {p.max_crops}\noverlapping crops\nof {p.crop_size} px")
+    _map_box(ax, xs["vit"][0], y, xs["vit"][1], h, "vit", "CLIP ViT", "02",
+        f"{vit_name}, {v.blocks_used} blocks\nreads layers {' and '.join(map(str, v.feature_layers))}\nconcatenated")
+    _map_box(ax, xs["con"][0], y, xs["con"][1], h, "con", "connector", "03",
+        f"{p.pooling[0]}x{p.pooling[1]} attention pool\n-> {c.pool_dim}, then\nSwiGLU MLP -> {c.llm_dim}")
+    _map_box(ax, xs["llm"][0], y, xs["llm"][1], h, "llm", "LLM", "04",
+        f"{llm_name}\n{l.layers} layers, d {l.hidden}\nreads image + text")
+    _map_box(ax, xs["out"][0], y, xs["out"][1], h, "out", "answer", "06",
+        "text with points\nand counts:\n<point x=.. y=..>")
+    edges = [("img", "pre", "image"), ("pre", "vit", "crops"), ("vit", "con", "patch features"),
+             ("con", "llm", "image features"), ("llm", "out", "next-token logits")]
+    for a, b, name in edges:
+        x0, x1 = xs[a][0] + xs[a][1], xs[b][0]
+        _map_arrow(ax, (x0, y + h / 2), (x1, y + h / 2))
+        _map_tensor_label(ax, (x0 + x1) / 2, y + h + 0.12, name, shapes[name])
+    # the text side: the tokenizer lays out image tokens and prompt; the LLM embeds them and adds the image features
+    tx, tw, ty, th = 6.4, 3.8, 1.5, 1.0
+    _map_box(ax, tx, ty, tw, th, "tok", "tokenizer + prompt", "05",
+        "<im_start> <im_patch> ... <im_col> ... <im_end>\n+ \" User: point to the eyes Assistant:\"")
+    lx = xs["llm"][0] + xs["llm"][1] / 2
+    _map_arrow(ax, (lx, ty + th), (lx, y))
+    ax.text(lx + 0.1, (ty + th + y) / 2, shapes["token ids"], ha="left", va="center", fontsize=9.5,
+            family="monospace", bbox=dict(boxstyle="round,pad=0.22", fc="white", ec="#aaaaaa", lw=0.7))
+    gx = (xs["con"][0] + xs["con"][1] + xs["llm"][0]) / 2
+    ax.text(gx, y + h / 2 - 0.12, "ADDED at\n<im_patch>", fontsize=7.5, color="#555", ha="center", va="top",
+            style="italic")
+    # training and scaling: the whole model, end to end
+    ax.add_patch(FancyBboxPatch((0.1, 0.08), 12.8, 1.22, boxstyle="round,pad=0,rounding_size=0.12", fc="#fafafa",
+                                ec="#cccccc", lw=1))
+    ax.text(0.25, 1.2, "training and scaling the whole model (nothing is frozen); dashed: the same model, scaled",
+            fontsize=9, color="#555", va="top", style="italic")
+    steps = [("PixMo data", "07", "9 datasets + synthetic"), ("stage 1", "08", "dense captions"),
+             ("stage 2", "09", "SFT mixture"), ("evaluation", "10", "pointing F1, counting"),
+             ("quantized", "11", "4-bit LLM, QLoRA"), ("multi-GPU", "12", "DDP, FSDP2")]
+    bw, gap = 1.8, 0.28
+    for k, (title, chapter, detail) in enumerate(steps):
+        bx = 0.3 + k * (bw + gap) + (0.3 if k >= 4 else 0)
+        _map_box(ax, bx, 0.2, bw, 0.8, "run", title, chapter, detail, dashed=k >= 4)
+        if k in (1, 2, 3):
+            _map_arrow(ax, (bx - gap, 0.6), (bx, 0.6))
+    ax.text(6.5, 5.2, f"Molmo-7B-D on a {shapes['image'][1:-4].replace(', ', ' x ')} image: "
+            "the four parts, the chapters that build them, the tensors between them",
+            ha="center", va="top", fontsize=12.5, color="#222")
+    return fig
