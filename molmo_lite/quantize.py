@@ -131,6 +131,7 @@ def quantize_linear(linear: nn.Linear, mode: str = "nf4", double_quant: bool = T
         layer.weight = Params4bit(weight.clone(), requires_grad=False, compress_statistics=double_quant,
                                   quant_type="nf4", blocksize=BLOCKSIZE, module=layer).to(device)  # quantized here
         layer.support_avx512bf16_for_cpu = layer.support_avx512bf16_for_cpu and fused_cpu_kernel
+        layer.register_load_state_dict_pre_hook(_load_nf4_statistics)
     else:
         layer = Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False,
                              threshold=int8_threshold, device="meta")
@@ -138,6 +139,22 @@ def quantize_linear(linear: nn.Linear, mode: str = "nf4", double_quant: bool = T
     if has_bias:
         layer.bias = linear.bias
     return layer.train(linear.training)
+
+
+def _load_nf4_statistics(layer: Linear4bit, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook of our Linear4bit layers: read back the statistics their state_dict holds.
+
+    A Linear4bit saves its codes as ``weight`` and its quantization statistics beside them (``weight.absmax``,
+    ``weight.quant_map``, ``weight.nested_absmax``, ...), but bitsandbytes' own ``load_state_dict`` reads only the
+    codes and calls the statistics unexpected keys (transformers reads them in its loader instead). This restores them
+    in place (the Parameter object stays the same, so an optimizer that lists it still finds it by name): a QLoRA
+    model's training checkpoint then resumes (``Trainer.fit(resume=True)``).
+    """
+    start = prefix + "weight."
+    statistics = {key[len(start):]: state_dict.pop(key) for key in list(state_dict) if key.startswith(start)}
+    if statistics:
+        state = bnb.functional.QuantState.from_dict(statistics, device=layer.weight.device)
+        layer.weight.quant_state = layer.quant_state = state
 
 
 def quantize_llm(model: MolmoLite | LLM, mode: str = "nf4", double_quant: bool = True,

@@ -208,7 +208,10 @@ def save_training_state(directory: Path, model: MolmoLite, model_state: Mapping[
     latest_tmp = directory / f".latest_{os.getpid()}.json"
     latest_tmp.write_text(json.dumps({"step": step, "path": final.name}))
     os.replace(latest_tmp, directory / "latest.json")
-    for old in sorted(directory.glob("step_*"))[:-keep]:  # only after latest.json points at the new one
+    # Only after latest.json points at the new one: drop all but the keep - 1 newest EARLIER steps. Folders of later
+    # steps (left by a longer run in the same folder) are not this run's: never touched.
+    earlier = sorted(p for p in directory.glob("step_*") if p.name < final.name)
+    for old in earlier[:max(0, len(earlier) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -132,3 +132,20 @@ def test_the_small_preset_builds_and_takes_a_training_step(tmp_path):
     config = replace(TRAIN_PRESETS["small-sft"], steps=1, batch_size=2, examples=4, save_every=10)
     history = Trainer(model, config, stage_data(config), tmp_path, progress=False).fit()
     assert math.isfinite(history[-1]["loss"])
+
+
+def test_saving_never_deletes_the_checkpoint_it_just_wrote(tmp_path):
+    """A shorter run written into a folder left by a longer one: step 3 must survive although 'later' folders exist."""
+    from molmo_lite.train import read_training_state, save_training_state
+
+    model = _fresh_model(0)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    optimizer = {"state": {}, "param_groups": []}
+    for step in (100, 200):  # the earlier, longer run
+        save_training_state(tmp_path, model, state, optimizer, step, [], _config())
+    for step in (1, 2, 3):
+        save_training_state(tmp_path, model, state, optimizer, step, [], _config())
+        assert latest_checkpoint(tmp_path).exists()
+    assert read_training_state(latest_checkpoint(tmp_path))[2] == 3
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000002", "step_000003", "step_000100",
+                                                             "step_000200"]
