@@ -8,7 +8,8 @@ All three runs start from the same saved model (the tiny Molmo with its pretrain
 - tokens/s of the training loop (the trainer's own figure at the last step; start-up excluded) and wall seconds of the
   whole command (start-up, data, checkpoint included), each as a ratio to the 1-process run;
 - the largest weight difference to the 1-process run (fp32 summation order only: the runs are the same computation);
-- parameter bytes held per rank (ranks.json, written by the train command): FSDP2 shards, DDP replicates.
+- bytes held per rank, parameters and parameters + gradients + AdamW state (``distributed.memory_per_rank``, written
+  to ranks.json by the train command): FSDP2 shards, DDP replicates.
 
 On this 2-core CPU two processes share the two cores that one process would use with 2 threads, so no speed-up is
 expected here: the point is that the code paths run and agree. On GPUs each rank has its own device.
@@ -47,14 +48,15 @@ def train_command(out: Path, init: Path, steps: int, run: str) -> list[str]:
 
 
 def readme_table(result: dict) -> str:
-    lines = ["| run | tokens/s | vs 1 process | wall s | max weight diff vs 1 process | parameter MB per rank |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| run | tokens/s | vs 1 process | wall s | max weight diff vs 1 process | parameter MB per rank "
+             "| parameters + gradients + AdamW MB per rank |", "|---|---|---|---|---|---|---|"]
     base = result["tokens_per_second"]["1 process"]
     for run in RUNS:
         diff = "0" if run == "1 process" else f"{result['max_weight_difference'][run]:.1e}"
         mb = " / ".join(f"{b / 1e6:.2f}" for b in result["parameter_bytes_per_rank"][run])
+        state = " / ".join(f"{b / 1e6:.2f}" for b in result["training_state_bytes_per_rank"][run])
         lines.append(f"| {run} | {result['tokens_per_second'][run]:.0f} | {result['tokens_per_second'][run] / base:.2f}x "
-                     f"| {result['wall_seconds'][run]:.1f} | {diff} | {mb} |")
+                     f"| {result['wall_seconds'][run]:.1f} | {diff} | {mb} | {state} |")
     return "\n".join(lines)
 
 
@@ -80,7 +82,7 @@ def main() -> None:
                 raise SystemExit(f"{run} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
             history[run] = json.loads((out / "history.json").read_text())
             weights[run] = load_file(out / "final" / "model.safetensors")
-            ranks[run] = json.loads((out / "ranks.json").read_text()) if (out / "ranks.json").exists() else None
+            ranks[run] = json.loads((out / "ranks.json").read_text())  # memory_per_rank, written by rank 0
     reference = weights["1 process"]
     result = {
         "benchmark": "distributed",
@@ -91,9 +93,9 @@ def main() -> None:
         "max_weight_difference": {run: max(float((weights[run][k] - reference[k]).abs().max()) for k in reference)
                                   for run in RUNS},
         "last_loss": {run: history[run][-1]["loss"] for run in RUNS},
-        "parameter_bytes_per_rank": {run: [r["parameter_bytes"] for r in ranks[run]] if ranks[run] else
-                                     [sum(v.numel() * v.element_size() for v in weights[run].values())]
-                                     for run in RUNS},
+        "parameter_bytes_per_rank": {run: [r["parameters"] for r in ranks[run]] for run in RUNS},
+        "training_state_bytes_per_rank": {run: [r["parameters"] + r["gradients"] + r["optimizer"] for r in ranks[run]]
+                                          for run in RUNS},
         "ranks": ranks,
         "machine": machine_info(),
     }
