@@ -207,8 +207,14 @@ def _train(args: argparse.Namespace) -> int:
     this; rank 0 logs and writes (molmo_lite.distributed)."""
     import json
 
-    from molmo_lite.distributed import (DistributedTrainer, init_distributed, launched_by_torchrun, main_first,
-                                        memory_per_rank, shutdown)
+    from molmo_lite.distributed import (
+        DistributedTrainer,
+        init_distributed,
+        launched_by_torchrun,
+        main_first,
+        memory_per_rank,
+        shutdown,
+    )
     from molmo_lite.model import MolmoLite
     from molmo_lite.train import Trainer, build_model, plot_history, stage_data
 
@@ -235,7 +241,16 @@ def _train(args: argparse.Namespace) -> int:
         where = f" on {trainer.world_size} ranks ({trainer.strategy})" if trainer.world_size > 1 else ""
         print(f"wrote {args.out / 'final'}{where}; last loss {history[-1]['loss']:.4f}" if history else "nothing to do")
     if info is not None:
+        del trainer, model  # an FSDP2 model holds communication state: released before the group goes
         shutdown()
+        if info.world_size > 1:
+            # Leave without the interpreter's teardown: gloo's threads can still abort a process there now and then
+            # (SIGABRT at exit), after all the work is done and written.
+            import os
+
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0
 
 

@@ -86,8 +86,17 @@ def init_distributed(device: str | None = None) -> DistInfo:
 
 
 def shutdown() -> None:
-    """Leave the process group (call once at the end of a torchrun program)."""
+    """Leave the process group, all ranks together (call once at the end of a torchrun program).
+
+    The barrier matters: without it a rank that has nothing left to write (rank 1) tears its connections down while
+    rank 0 is still writing files and holds its side open, and gloo then sometimes aborts that process at exit
+    ("terminate called without an active exception", SIGABRT). Every object that may hold pending collectives
+    (the trainer, an FSDP2 model) should be released before the call."""
+    import gc
+
     if dist.is_initialized():
+        dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 
