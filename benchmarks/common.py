@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,3 +45,22 @@ def publish(name: str, result: dict, table: str, out: Path, update_readme: bool 
         head, rest = text.split(start, 1)
         README.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
         print("updated", README)
+
+
+def best_seconds(fns: dict[str, Callable[[], object]], rounds: int, repeat: int = 1,
+                 warmup: bool = False) -> dict[str, float]:
+    """Seconds per call of each candidate: the best of ``rounds`` timings of ``repeat`` consecutive calls, the
+    candidates taking turns in a rotating order so that all of them meet the same machine state. ``warmup``: call
+    each once, untimed, first."""
+    names = list(fns)
+    if warmup:
+        for name in names:
+            fns[name]()
+    best = dict.fromkeys(names, float("inf"))
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(repeat):
+                fns[name]()
+            best[name] = min(best[name], (time.perf_counter() - start) / repeat)
+    return best

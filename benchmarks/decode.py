@@ -18,12 +18,12 @@ never quotes a figure the script did not produce (tests/test_readme.py checks th
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine_info, publish
+from benchmarks.common import best_seconds, machine_info, publish
 from molmo_lite.config import LLM_PRESETS
 from molmo_lite.llm import LLM
 
@@ -84,18 +84,6 @@ def candidates(ours: LLM, reference, new_tokens: int) -> dict:
     }
 
 
-def best_seconds(fns: dict, ids: torch.Tensor, mask: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Best of ``rounds`` timings of each candidate on the same prompts, the candidates taking turns (rotating)."""
-    names = list(fns)
-    best = dict.fromkeys(names, float("inf"))
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
-            fns[name](ids, mask)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def readme_table(result: dict) -> str:
     """The README's markdown table for a benchmark result."""
     lines = [f"| batch | {CACHED} (tokens/s) | {UNCACHED} (tokens/s) | {HF} (tokens/s) | cached / uncached "
@@ -127,7 +115,7 @@ def main() -> None:
         for name, tokens in outputs.items():
             assert tokens.shape == (batch, args.new_tokens), (name, tokens.shape)
             assert torch.equal(tokens, outputs[CACHED]), f"{name} and {CACHED} generate different tokens"
-        seconds = best_seconds(fns, ids, mask, args.rounds)
+        seconds = best_seconds({name: functools.partial(fn, ids, mask) for name, fn in fns.items()}, args.rounds)
         tokens_per_second[str(batch)] = {name: batch * args.new_tokens / s for name, s in seconds.items()}
 
     result = {

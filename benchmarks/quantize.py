@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import machine_info, publish
+from benchmarks.common import best_seconds, machine_info, publish
 from molmo_lite import quantize
 from molmo_lite.config import MOLMO_PRESETS, TRAIN_PRESETS
 from molmo_lite.data.collate import collate, encode_example
@@ -47,19 +46,6 @@ def make_batch(model, n: int) -> dict[str, torch.Tensor]:
     examples = data.draw(rng, n)
     encoded = [encode_example(ex, model.processor, model.tokenizer, rng, "root_subsegments") for ex in examples]
     return collate(encoded, model.tokenizer.pad_id)
-
-
-def best_seconds(fns: dict, rounds: int) -> dict[str, float]:
-    """Best time of each function over ``rounds`` turns, the order rotating every turn."""
-    names, best = list(fns), {name: float("inf") for name in fns}
-    for name in names:  # warm-up
-        fns[name]()
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def readme_table(result: dict) -> str:
@@ -107,7 +93,8 @@ def main() -> None:
                 model(**batch)
         return run
 
-    forward_seconds = best_seconds({name: forward(m) for name, m in models.items()}, args.rounds)
+    forward_seconds = best_seconds({name: forward(m) for name, m in models.items()}, args.rounds,
+                                   warmup=True)
 
     # Training steps: fp32 full fine-tuning vs QLoRA (NF4 base, LoRA r=8 + connector), AdamW, same batch.
     full = copy.deepcopy(base).train()
@@ -125,7 +112,7 @@ def main() -> None:
             optimizer.step()
         return run
 
-    step_seconds = best_seconds({"fp32": step(full), "nf4": step(qlora)}, args.rounds)
+    step_seconds = best_seconds({"fp32": step(full), "nf4": step(qlora)}, args.rounds, warmup=True)
     footprint = {r["part"]: r for r in quantize.footprint_table(MOLMO_PRESETS["molmo-7b-d"])}
     tokens = int(batch["attention_mask"].sum())
     result = {

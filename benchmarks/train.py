@@ -41,7 +41,6 @@ markers of README.md from it (tests/test_readme.py checks they agree).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import machine_info, publish
+from benchmarks.common import best_seconds, machine_info, publish
 from molmo_lite.config import IM_COL, IM_END, IM_PATCH, IM_START, MolmoConfig
 from molmo_lite.data.collate import collate
 from molmo_lite.model import MolmoLite, answer_loss
@@ -168,19 +167,6 @@ def check_step(name: str, model: nn.Module, step: Callable[[], torch.Tensor]) ->
     return float(loss)
 
 
-def best_seconds(fns: dict[str, Callable[[], torch.Tensor]], steps: int, rounds: int) -> dict[str, float]:
-    """Best of ``rounds`` timings of ``steps`` consecutive steps, per step; the candidates take turns (rotating)."""
-    names = list(fns)
-    best = dict.fromkeys(names, float("inf"))
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
-            for _ in range(steps):
-                fns[name]()
-            best[name] = min(best[name], (time.perf_counter() - start) / steps)
-    return best
-
-
 def readme_table(result: dict) -> str:
     """The README's markdown table for a benchmark result."""
     lines = ["| model | parameters | tokens/s | ms / step | vs transformers |", "|---|---|---|---|---|"]
@@ -221,7 +207,7 @@ def main() -> None:
     assert shapes[OURS] == shapes[HF] == (*batch["input_ids"].shape, ours.config.llm.vocab_size), shapes
     first_loss = {name: round(check_step(name, model, fns[name]), 4) for name, model in ((OURS, ours), (HF, reference))}
 
-    seconds = best_seconds(fns, args.steps, args.rounds)
+    seconds = best_seconds(fns, args.rounds, repeat=args.steps)
     tokens = int(batch["attention_mask"].sum())
     tokens_per_second = {name: tokens / s for name, s in seconds.items()}
     b, t = batch["input_ids"].shape

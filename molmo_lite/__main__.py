@@ -205,6 +205,7 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     """One stage: from --init (a save_pretrained folder) or the tiny pretrained parts. Under torchrun every rank runs
     this; rank 0 logs and writes (molmo_lite.distributed)."""
+    import contextlib
     import json
 
     from molmo_lite.distributed import (
@@ -221,7 +222,7 @@ def _train(args: argparse.Namespace) -> int:
     config = _train_config(args, args.stage)
     several = launched_by_torchrun() or args.strategy or args.activation_checkpointing
     info = init_distributed(args.device) if several else None
-    with main_first(info) if info else _nothing():  # rank 0 builds the caches (pretrained parts, charts) first
+    with main_first(info) if info else contextlib.nullcontext():  # rank 0 builds the caches (pretrained parts, charts) first
         model = MolmoLite.from_pretrained(args.init) if args.init else build_model(args.model, config.seed)
         data = stage_data(config, cache_dir=args.out / "docs_cache")
     if info is None:
@@ -252,12 +253,6 @@ def _train(args: argparse.Namespace) -> int:
             sys.stderr.flush()
             os._exit(0)
     return 0
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def add_train_command(subparsers: argparse._SubParsersAction) -> None:

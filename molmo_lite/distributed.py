@@ -161,11 +161,7 @@ def shard_model(model: MolmoLite, info: DistInfo) -> MolmoLite:
 
 def local_parameter_bytes(model: nn.Module) -> int:
     """Bytes of parameters THIS rank holds (a sharded parameter counts its local shard only)."""
-    total = 0
-    for p in model.parameters():
-        local = p.to_local() if hasattr(p, "to_local") else p
-        total += local.numel() * local.element_size()
-    return total
+    return sum(_local_bytes(p) for p in model.parameters())
 
 
 def _local_bytes(t: torch.Tensor | None) -> int:

@@ -404,15 +404,22 @@ def submissions(directory: str | Path) -> list[tuple[str, Path]]:
     return found
 
 
-def grade_in_subprocess(path: Path, time_limit: float, cell_timeout: float | None = None) -> list[CheckResult]:
+def _file_chapter(path: Path) -> str:
+    """The chapter of a notebook file: from its metadata, or from its name when it cannot be read."""
+    try:
+        return notebook_chapter(nbformat.read(path, as_version=4), path)
+    except Exception:  # unreadable: grade_notebook reports it in its own rows
+        return notebook_chapter(None, path)
+
+
+def grade_in_subprocess(path: Path, time_limit: float, cell_timeout: float | None = None,
+                        chapter: str | None = None) -> list[CheckResult]:
     """``grade_notebook`` in a separate process (and process group) that is killed, kernel included, when it takes
-    longer than ``time_limit`` seconds in all: a notebook that loops forever gets failing rows, the batch goes on."""
+    longer than ``time_limit`` seconds in all: a notebook that loops forever gets failing rows, the batch goes on.
+    chapter: the notebook's chapter if known (default: read from the file)."""
     import os
 
-    try:
-        chapter = notebook_chapter(nbformat.read(path, as_version=4), path)
-    except Exception:  # unreadable: grade_notebook reports it in its own rows
-        chapter = notebook_chapter(None, path)
+    chapter = chapter or _file_chapter(path)
     cmd = [sys.executable, "-m", "molmo_lite", "grade", str(path), "--json",
            "--timeout", str(cell_timeout or time_limit)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -438,10 +445,10 @@ def grade_batch(directory: str | Path, out_csv: str | Path, time_limit: float = 
 
     rows = []
     for student, path in submissions(directory):
+        chapter = _file_chapter(path)
         start = time.monotonic()
-        results = grade_in_subprocess(path, time_limit)
+        results = grade_in_subprocess(path, time_limit, chapter=chapter)
         seconds = round(time.monotonic() - start, 1)
-        chapter = notebook_chapter(None, path)
         for r in results:
             rows.append({"student": student, "notebook": path.name, "chapter": chapter, "exercise": r.exercise,
                          "passed": int(r.passed), "message": _first_line(r.message), "seconds": seconds})
