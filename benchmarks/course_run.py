@@ -28,12 +28,26 @@ TARGETS = {"pointing f1": 0.80, "counting exact": 0.80, "clocks within_3_min": 0
            "tables accuracy": 0.50}
 
 
+HEADLINE = {"pointing": "f1", "counting": "exact", "clocks": "within_3_min", "charts": "accuracy",
+            "tables": "accuracy", "captions": "object_recall"}
+
+
 def readme_table(result: dict) -> str:
-    lines = ["| held-out task (100 examples each) | metric | `make run` | course target |", "|---|---|---|---|"]
+    """The held-out metrics of `make run` beside the two controls: the same model with shuffled images, and the blind
+    baseline (one constant answer); then the answer-loss ratio shuffled / true images."""
+    n = result.get("n", {})
+    shuffled, blind = result.get("shuffled", {}), result.get("blind", {})
+    lines = ["| held-out task | metric | `make run` | shuffled images | blind baseline | course target | examples |",
+             "|---|---|---|---|---|---|---|"]
     for key, value in result["headline"].items():
         task, metric = key.split(" ", 1)
         target = TARGETS.get(key)
-        lines.append(f"| {task} | {metric} | {value:.2f} | {'-' if target is None else f'>= {target:.2f}'} |")
+        cells = [f"{d[task][metric]:.2f}" if metric in d.get(task, {}) else "-" for d in (shuffled, blind)]
+        lines.append(f"| {task} | {metric} | {value:.2f} | {cells[0]} | {cells[1]} | "
+                     f"{'-' if target is None else f'>= {target:.2f}'} | {n.get(task, '-')} |")
+    for task, loss in result.get("losses", {}).items():
+        lines.append(f"| {task} | answer loss | {loss['true_image_loss']:.3f} | {loss['shuffled_image_loss']:.3f} "
+                     f"(x{loss['ratio']:.2f}) | - | shuffled >= 2x | 64 |")
     seconds = result["seconds"]
     parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if k != "total")
     lines += ["", f"Wall time {seconds['total'] / 60:.1f} min ({parts}); {result['machine']['cores']}-core "
@@ -63,6 +77,7 @@ def main() -> None:
         report_path = args.out / "report.json"
     report = json.loads(Path(report_path).read_text())
     result = {"benchmark": "course_run", "headline": report["headline"], "metrics": report["metrics"],
+              **{k: report[k] for k in ("shuffled", "blind", "blind_answers", "losses", "n") if k in report},
               "seconds": report["seconds"], "process_wall_seconds": wall, "configs": report["configs"],
               "fresh_checkpoints": bool(args.fresh) or None, "machine": machine_info()}
     print(readme_table(result))

@@ -122,6 +122,13 @@ class ConnectorConfig:
     input_dim: ViT feature channels after layer concatenation (2 x 1024); pool_dim: output of the attention pooling
     (= ViT width in Molmo); heads x head_dim: pooling attention; hidden_dim: SwiGLU projector's hidden size;
     llm_dim: the LLM's embedding size.
+
+    Two options of the course, off in Molmo (the released weights and the parity tests use neither):
+    feature_norm: normalise the ViT features before pooling, each of ``feature_norm`` equal channel groups (one per
+    feature layer) to zero mean and unit variance, without parameters (0 = off). init_scale: multiply the projector's
+    initial weights (PyTorch's default uniform init) by this. The tiny preset uses both: its raw ViT features and its
+    small projector otherwise give the LLM image embeddings 10x smaller than its text embeddings, and the image is
+    ignored (docs/recipes.md measures it).
     """
 
     input_dim: int = 2048
@@ -131,6 +138,8 @@ class ConnectorConfig:
     hidden_dim: int = 18944
     llm_dim: int = 3584
     pad_embed: bool = True
+    feature_norm: int = 0
+    init_scale: float = 1.0
 
 
 VISION_PRESETS: dict[str, VisionConfig] = {
@@ -149,7 +158,9 @@ CONNECTOR_PRESETS: dict[str, ConnectorConfig] = {
     # Molmo-7B-D: ViT-L features (2 x 1024) -> pooled 1024 -> Qwen2-7B's 3584 through an 18944-wide SwiGLU.
     "molmo": ConnectorConfig(),
     # Matches VISION_PRESETS["tiny"] (2 x 96 feature channels) and a tiny LLM of width 128.
-    "tiny": ConnectorConfig(input_dim=192, pool_dim=96, heads=4, head_dim=24, hidden_dim=256, llm_dim=128),
+    # feature_norm / init_scale: see ConnectorConfig (measured in benchmarks/recipes.py, recipe "v1-connector").
+    "tiny": ConnectorConfig(input_dim=192, pool_dim=96, heads=4, head_dim=24, hidden_dim=256, llm_dim=128,
+                            feature_norm=2, init_scale=3.0),
     # Matches VISION_PRESETS["small"] (2 x 384) and LLM_PRESETS["small"] (512).
     "small": ConnectorConfig(input_dim=768, pool_dim=384, heads=6, head_dim=64, hidden_dim=1536, llm_dim=512),
 }
@@ -281,6 +292,8 @@ class TrainConfig:
     residual_dropout: on every block's output (Molmo's SFT); response_only: only at answer tokens (Molmo's stage 1
     "response_residual_dropout"). freeze: groups left untouched (an ablation: Molmo freezes nothing).
     packing_weights: the loss weight of packed annotations (Molmo: sqrt(1/N) in SFT, none in stage 1).
+    data / curriculum: where the synthetic examples come from and how stage 2's pointing share moves from easy to
+    crowded scenes (molmo_lite.train.stage_data).
     """
 
     stage: str = "caption"
@@ -305,7 +318,10 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     save_every: int = 100
-    examples: int = 4000  # synthetic training examples generated per dataset (tiny presets)
+    examples: int = 4000  # synthetic training examples generated per dataset (tiny presets, data "pool")
+    data: str = "pool"  # "pool": `examples` per dataset, drawn with replacement; "fresh": a new example at every draw
+    sort_by_length: bool = False  # micro-batches of a step from its examples sorted by length (less padding)
+    curriculum: str = "none"  # stage 2: a molmo_lite.train.CURRICULA name ("objects": one object first)
     image_size: int = 56  # side of the synthetic scenes and clocks
 
     def to_dict(self) -> dict:

@@ -184,6 +184,19 @@ class Connector(nn.Module):
         self.pad = PadEmbedding(config.input_dim) if config.pad_embed else None
         self.pool = AttentionPool(config.input_dim, config.pool_dim, config.heads, config.head_dim)
         self.projector = SwiGLUProjector(config.pool_dim, config.hidden_dim, config.llm_dim)
+        if config.init_scale != 1.0:
+            with torch.no_grad():
+                for linear in (self.projector.w1, self.projector.w3, self.projector.w2):
+                    linear.weight.mul_(config.init_scale)
+
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        """config.feature_norm > 0: each of that many channel groups (one per ViT feature layer) to zero mean and unit
+        variance, without parameters; otherwise the features unchanged (Molmo)."""
+        groups = self.config.feature_norm
+        if groups <= 0:
+            return features
+        split = features.reshape(*features.shape[:-1], groups, features.shape[-1] // groups)
+        return F.layer_norm(split, split.shape[-1:]).reshape(features.shape)
 
     def pool_features(
         self,
@@ -199,6 +212,7 @@ class Connector(nn.Module):
                 f"features must be [n_crops, n_patches, {self.config.input_dim}] for one image, "
                 f"got {tuple(features.shape)}"
             )
+        features = self.normalize(features)
         if self.pad is not None and pad_fraction is not None:
             features = self.pad(features, pad_fraction)
         windows, valid = gather_windows(features.reshape(-1, features.shape[-1]), pooled_patches_idx)

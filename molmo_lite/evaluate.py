@@ -8,6 +8,11 @@
     tables
     captions   length in words and object recall: the share of the scene's "colour shape" pairs the caption names
 
+Two controls sit beside every metric (chapter 10): ``blind_baselines`` (the score of one constant answer: "There are
+none." for pointing and counting, the most common training answer for clocks, charts and tables) and
+``shuffled_images`` (the same held-out questions, each with another example's image): a model that reads the image
+beats both, and its answer loss (``answer_loss``) with the true image is well below the loss with a shuffled one.
+
 The held-out sets come from the generators' "heldout" split (separate seed streams from training). Every answer is
 generated greedily with the KV cache, in batches; ``evaluate`` returns a JSON-able report with the metrics and the
 predictions, ``plot_predictions`` draws some of them on their images.
@@ -133,6 +138,74 @@ def evaluate(model: MolmoLite, sets: dict[str, list[Example]], tasks: Sequence[s
     return {"metrics": metrics, "predictions": predictions, "n": {t: len(sets[t]) for t in tasks}}
 
 
+def shuffled_images(examples: Sequence[Example], shift: int = 1) -> list[Example]:
+    """The shuffled-image control: example i with the image of example (i + shift) mod n, its text unchanged."""
+    n = len(examples)
+    return [Example(examples[(i + shift) % n].image, ex.messages, ex.task, ex.meta) for i, ex in enumerate(examples)]
+
+
+def answer_loss(model: MolmoLite, examples: Sequence[Example], task: str, batch_size: int = 16) -> float:
+    """Mean cross-entropy per answer token of the task's question (teacher forcing, no packing, no dropout)."""
+    import torch
+
+    from .data.collate import collate, encode_example
+    from .model import answer_loss as loss_of
+
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        encoded = [encode_example(Example(ex.image, [[_question(ex, task)]], ex.task, ex.meta), model.processor,
+                                  model.tokenizer, None, "none", shuffle=False) for ex in examples[i:i + batch_size]]
+        batch = collate(encoded, model.tokenizer.pad_id)
+        targets, weights = batch.pop("target_ids"), batch.pop("loss_weights")
+        with torch.no_grad():
+            logits = model(**batch).logits
+        tokens = int((weights > 0).sum())
+        total += float(loss_of(logits, targets, weights)[0]) * tokens
+        count += tokens
+    return total / max(count, 1)
+
+
+BLIND_ANSWERS = {"pointing": "There are none.", "counting": "There are none."}
+
+
+def blind_answers(seed: int = 0, size: int = 56, n: int = 500, cache_dir: str | Path | None = None) -> dict[str, str]:
+    """The constant answer of each task's blind baseline: "There are none." for pointing and counting (the most
+    common single answer, an eighth of the scenes); for clocks, charts and tables the most common answer of n
+    TRAINING examples (ties: the first seen)."""
+    from collections import Counter
+
+    from .data import clocks, docs
+
+    def mode(answers: Sequence[str]) -> str:
+        return Counter(answers).most_common(1)[0][0]
+
+    return {**BLIND_ANSWERS,
+            "clocks": mode([ex.messages[0][0].answer for ex in clocks.clock_examples(n, seed, "train", size)]),
+            "charts": mode([m[0].answer for ex in docs.chart_examples(n // 4, seed, "train", cache_dir=cache_dir)
+                            for m in ex.messages]),
+            "tables": mode([m[0].answer for ex in docs.table_examples(n // 4, seed, "train", cache_dir=cache_dir)
+                            for m in ex.messages])}
+
+
+def blind_baselines(sets: dict[str, list[Example]], answers: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Every task's metrics when the model gives the same answer to every example (tasks in ``answers`` only)."""
+    return {task: score(task, sets[task], [answer] * len(sets[task])) for task, answer in answers.items()
+            if task in sets}
+
+
+def controls(model: MolmoLite, sets: dict[str, list[Example]], tasks: Sequence[str] = ("pointing", "clocks"),
+             n: int = 64) -> dict[str, dict[str, float]]:
+    """Answer loss with the true images and with shuffled ones, on the first n held-out examples of each task, and
+    their ratio (>= 2 is the course's target of image dependence)."""
+    out = {}
+    for task in tasks:
+        examples = list(sets[task][:n])
+        true, shuffled = answer_loss(model, examples, task), answer_loss(model, shuffled_images(examples), task)
+        out[task] = {"true_image_loss": true, "shuffled_image_loss": shuffled, "ratio": shuffled / max(true, 1e-9)}
+    return out
+
+
 def headline(report: dict[str, Any]) -> dict[str, float]:
     """The course's targets, one number per task (pointing F1, counting exact, clocks within 3 min, QA accuracy)."""
     m, out = report["metrics"], {}
@@ -143,12 +216,37 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def evaluate_with_controls(model: MolmoLite, sets: dict[str, list[Example]], tasks: Sequence[str] = TASKS,
+                           blind: dict[str, str] | None = None, batch_size: int = 16) -> dict[str, Any]:
+    """``evaluate`` plus the controls: "shuffled" (the same metrics with shuffled images), "blind" (the metrics of
+    the constant answers ``blind``, default ``blind_answers()``) and "losses" (``controls``: the answer loss with true
+    and shuffled images on pointing and clocks)."""
+    report = evaluate(model, sets, tasks, batch_size)
+    shuffled = evaluate(model, {t: shuffled_images(sets[t]) for t in tasks}, tasks, batch_size)
+    blind = blind_answers() if blind is None else blind
+    report.update(shuffled=shuffled["metrics"], shuffled_predictions=shuffled["predictions"],
+                  blind=blind_baselines({t: sets[t] for t in tasks}, blind), blind_answers=blind,
+                  losses=controls(model, sets, [t for t in ("pointing", "clocks") if t in tasks]))
+    return report
+
+
 def metrics_table(report: dict[str, Any]) -> str:
-    """A markdown table of every metric."""
-    lines = ["| task | metric | value | examples |", "|---|---|---|---|"]
+    """A markdown table of every metric, with the controls beside it when the report has them."""
+    shuffled, blind = report.get("shuffled", {}), report.get("blind", {})
+    controls_shown = bool(shuffled or blind)
+    head = "| task | metric | model | shuffled images | blind | examples |" if controls_shown else \
+        "| task | metric | value | examples |"
+    lines = [head, "|---|---|---|---|---|---|" if controls_shown else "|---|---|---|---|"]
     for task, values in report["metrics"].items():
         for key, value in values.items():
-            lines.append(f"| {task} | {key} | {value:.3f} | {report['n'][task]} |")
+            if controls_shown:
+                cells = [f"{d[task][key]:.3f}" if key in d.get(task, {}) else "-" for d in (shuffled, blind)]
+                lines.append(f"| {task} | {key} | {value:.3f} | {cells[0]} | {cells[1]} | {report['n'][task]} |")
+            else:
+                lines.append(f"| {task} | {key} | {value:.3f} | {report['n'][task]} |")
+    for task, loss in report.get("losses", {}).items():
+        lines.append(f"| {task} | answer loss (ratio {loss['ratio']:.2f}) | {loss['true_image_loss']:.3f} | "
+                     f"{loss['shuffled_image_loss']:.3f} | - | {report['n'].get(task, '-')} |")
     return "\n".join(lines)
 
 

@@ -106,24 +106,63 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, step: int, config: Trai
 # --------------------------------------------------------------------------------------------------------------------
 
 
+Source = Sequence[Example] | Callable[[np.random.Generator], Example]
+
+
 @dataclass
 class StageData:
-    """The training sets of a stage and their sampling rates (sqrt of size within the groups given)."""
+    """The training sources of a stage, their sampling rates and an optional curriculum.
 
-    datasets: dict[str, list[Example]]
+    A source is a pool (a list of examples, drawn uniformly with replacement) or a generator (a function of an rng
+    that makes a fresh example: no example is ever seen twice). rates default to sqrt of the pools' sizes (a
+    generator counts as ``nominal`` examples). curriculum: phases (until, {source: rate}); a phase's rates replace
+    the base rates of the sources it names, from the end of the phase before to the fraction ``until`` of ``steps``
+    (rate 0 turns a source off). After the last phase the base rates hold.
+    """
+
+    datasets: dict[str, Source]
     rates: dict[str, float] = field(default_factory=dict)
+    curriculum: Sequence[tuple[float, Mapping[str, float]]] = ()
+    steps: int = 1
+    nominal: int = 1000
 
     def __post_init__(self):
         if not self.rates:
-            self.rates = mixture_rates({k: len(v) for k, v in self.datasets.items()})
+            self.rates = mixture_rates({k: self.size(k) for k in self.datasets})
         self._names = list(self.datasets)
-        self._p = np.asarray([self.rates[n] for n in self._names], dtype=float)
-        self._p /= self._p.sum()
+        unknown = sorted({n for _, phase in self.curriculum for n in phase} - set(self._names)
+                         | set(self.rates) - set(self._names))
+        if unknown:
+            raise ValueError(f"rates or curriculum name unknown sources {unknown}; sources: {self._names}")
+        if any(b[0] <= a[0] for a, b in zip(self.curriculum, self.curriculum[1:])):
+            raise ValueError("curriculum phases must be in increasing order of `until`")
 
-    def draw(self, rng: np.random.Generator, n: int) -> list[Example]:
-        """n examples: a dataset by its rate, then one of its examples uniformly (with replacement)."""
-        names = rng.choice(len(self._names), size=n, p=self._p)
-        return [self.datasets[self._names[d]][int(rng.integers(len(self.datasets[self._names[d]])))] for d in names]
+    def size(self, name: str) -> int:
+        source = self.datasets[name]
+        return self.nominal if callable(source) else len(source)
+
+    def rates_at(self, step: int) -> dict[str, float]:
+        """The normalised sampling rate of every source at ``step`` (0-based) of ``steps``."""
+        rates = {n: float(self.rates.get(n, 0.0)) for n in self._names}
+        for until, phase in self.curriculum:
+            if step < until * self.steps:
+                rates.update({n: float(r) for n, r in phase.items()})
+                break
+        total = sum(rates.values())
+        if total <= 0:
+            raise ValueError(f"no source has a positive rate at step {step}")
+        return {n: r / total for n, r in rates.items()}
+
+    def draw(self, rng: np.random.Generator, n: int, step: int = 0) -> list[Example]:
+        """n examples: a source by its rate at ``step``, then one of its examples (uniform in a pool, fresh from a
+        generator, both with ``rng``)."""
+        rates = self.rates_at(step)
+        picks = rng.choice(len(self._names), size=n, p=[rates[name] for name in self._names])
+        out = []
+        for d in picks:
+            source = self.datasets[self._names[d]]
+            out.append(source(rng) if callable(source) else source[int(rng.integers(len(source)))])
+        return out
 
 
 def step_examples(data: StageData, model: MolmoLite, config: TrainConfig, step: int, rank: int = 0,
@@ -136,7 +175,7 @@ def step_examples(data: StageData, model: MolmoLite, config: TrainConfig, step: 
     world_size micro-batches): that is what makes 2 ranks train like 1 (molmo_lite.distributed)."""
     rng = np.random.default_rng((config.seed, step))
     local = config.batch_size * config.grad_accum
-    examples = data.draw(rng, local * world_size)
+    examples = data.draw(rng, local * world_size, step=step)
     weighting = config.packing_weights or ("root_subsegments" if config.stage == "sft" else "none")
     return [encode_example(examples[i], model.processor, model.tokenizer, np.random.default_rng((config.seed, step, i)),
                            weighting) for i in range(rank * local, (rank + 1) * local)]
@@ -146,6 +185,8 @@ def step_batches(data: StageData, model: MolmoLite, config: TrainConfig, step: i
                  world_size: int = 1) -> list[dict[str, torch.Tensor]]:
     """The grad_accum micro-batches of this rank at ``step`` (``step_examples`` collated batch_size at a time)."""
     encoded = step_examples(data, model, config, step, rank, world_size)
+    if config.sort_by_length:  # fewer padding tokens per micro-batch; the step's gradient is the same
+        encoded = sorted(encoded, key=lambda e: len(e[0].input_ids))
     size = config.batch_size
     return [collate(encoded[i:i + size], model.tokenizer.pad_id) for i in range(0, len(encoded), size)]
 
@@ -154,6 +195,19 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """The torch seed of (seed, step, rank): dropout masks are a function of the step (and differ between ranks), so
     resuming needs no RNG state and a checkpoint resumes on any number of ranks."""
     return int(np.random.SeedSequence((seed, step, rank)).generate_state(1)[0])
+
+
+def embedding_norms(model: MolmoLite, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """The diagnostic of chapter 08: mean L2 norm of the image features the connector adds at the <im_patch>
+    positions, and of the text token embeddings (every real token that is not an image token). When the first is far
+    below the second, the LLM barely sees the image; far above, each image position's residual stream is its raw
+    feature in every layer (pre-norm blocks)."""
+    with torch.no_grad():
+        features = model.image_features(batch["crops"], batch["pooled_patches_idx"], batch.get("patch_pad_fraction"))
+        tokens = model.llm.embed(batch["input_ids"])
+    image_ids = torch.tensor(sorted(model.tokenizer.image_token_ids.values()))
+    text = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], image_ids)
+    return {"image": float(features.norm(dim=-1).mean()), "text": float(tokens[text].norm(dim=-1).mean())}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -440,31 +494,79 @@ SFT_GROUPS = {  # Molmo's SFT shares (MOLMO_SPEC section 7), with the course's s
 }
 
 
-def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
-               cache_dir: str | Path | None = None) -> StageData:
-    """The synthetic training sets of a stage: "caption" -> dense captions + transcripts; "sft" -> pointing and
-    counting scenes, clocks, charts, tables, scene QA and some captions, at Molmo's group shares (SFT_GROUPS).
-    n: examples per dataset (default config.examples; charts and tables a quarter of it: they render slowly and
-    are cached in cache_dir)."""
+def _sources(config: TrainConfig, split: str, n: int, cache_dir: str | Path | None) -> dict[str, Source]:
+    """The synthetic sources of a stage: pools of n examples (config.data "pool") or generators ("fresh"). Charts and
+    tables are always pools of n // 4 (they render slowly, with matplotlib, and are cached in cache_dir)."""
+    from functools import partial
+
     from .data import clocks, docs, synthetic
 
-    n = config.examples if n is None else n
     seed, size = config.seed, config.image_size
+    if config.data not in ("pool", "fresh"):
+        raise ValueError(f"config.data must be 'pool' or 'fresh', got {config.data!r}")
     if config.stage == "caption":
-        return StageData({"captions": synthetic.caption_examples(n, seed, split, size)})
+        if config.data == "fresh":
+            return {"captions": partial(synthetic.caption_example, size=size)}
+        return {"captions": synthetic.caption_examples(n, seed, split, size)}
     if config.stage != "sft":
         raise ValueError(f"stage must be 'caption' or 'sft', got {config.stage!r}")
     n_docs = max(1, n // 4)
-    datasets = {
-        "pointing": synthetic.pointing_examples(n, seed, split, size, max_count=10),
-        "clocks": clocks.clock_examples(n, seed, split, size),
-        "charts": docs.chart_examples(n_docs, seed, split, cache_dir=cache_dir),
-        "tables": docs.table_examples(n_docs, seed, split, cache_dir=cache_dir),
-        "scene_qa": synthetic.qa_examples(n, seed, split, size),
-        "captions": synthetic.caption_examples(max(1, n // 4), seed, split, size),
-    }
-    sizes = {k: len(v) for k, v in datasets.items()}
-    return StageData(datasets, mixture_rates(sizes, SFT_GROUPS))
+    docs_pools = {"charts": docs.chart_examples(n_docs, seed, split, cache_dir=cache_dir),
+                  "tables": docs.table_examples(n_docs, seed, split, cache_dir=cache_dir)}
+    if config.data == "pool":
+        return {"pointing": synthetic.pointing_examples(n, seed, split, size, max_count=10),
+                "clocks": clocks.clock_examples(n, seed, split, size), **docs_pools,
+                "scene_qa": synthetic.qa_examples(n, seed, split, size),
+                "captions": synthetic.caption_examples(max(1, n // 4), seed, split, size)}
+    sources: dict[str, Source] = {"pointing": partial(synthetic.pointing_example, size=size, max_count=10)}
+    if config.curriculum != "none":  # the easier scenes of the curriculum's first phases
+        sources["pointing_one"] = partial(synthetic.pointing_example, size=size, min_count=1, max_count=1,
+                                          max_distractors=0)
+        sources["pointing_few"] = partial(synthetic.pointing_example, size=size, min_count=1, max_count=3,
+                                          max_distractors=3)
+    return {**sources, "clocks": partial(clocks.clock_example, size=size), **docs_pools,
+            "scene_qa": partial(synthetic.qa_example, size=size), "captions": partial(synthetic.caption_example,
+                                                                                       size=size)}
+
+
+# Curricula of stage 2, by name (TrainConfig.curriculum): phases (until, {source: rate}) over the base rates. The
+# pointing group's share moves from single objects to a few among distractors to the held-out distribution
+# (0-10 among 0-6). Molmo has no curriculum (its SFT mixture is fixed): the tiny run has 20 minutes, and one object
+# is where learning to localise is known to start (docs/recipes.md).
+CURRICULA = {
+    "none": (),
+    "objects": ((0.15, {"pointing_one": 1.0, "pointing_few": 0.0, "pointing": 0.0}),
+                (0.45, {"pointing_one": 0.2, "pointing_few": 0.8, "pointing": 0.0}),
+                (1.0, {"pointing_one": 0.0, "pointing_few": 0.3, "pointing": 0.7})),
+}
+
+
+def curriculum_phases(name: str, rates: Mapping[str, float]) -> tuple[tuple[float, dict[str, float]], ...]:
+    """CURRICULA[name] with each phase's pointing shares scaled to the pointing group's base rate ``rates``."""
+    if name not in CURRICULA:
+        raise ValueError(f"unknown curriculum {name!r}; known: {sorted(CURRICULA)}")
+    share = sum(r for k, r in rates.items() if k.startswith("pointing"))
+    return tuple((until, {k: v * share for k, v in phase.items()}) for until, phase in CURRICULA[name])
+
+
+def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
+               cache_dir: str | Path | None = None) -> StageData:
+    """The synthetic training sources of a stage: "caption" -> dense captions + transcripts; "sft" -> pointing and
+    counting scenes, clocks, charts, tables, scene QA and some captions, at Molmo's group shares (SFT_GROUPS).
+    config.data: "pool" (n examples per dataset, default config.examples; charts, tables and captions a quarter of
+    it) or "fresh" (generated at every draw from the step's rng); config.curriculum: a CURRICULA name (stage 2)."""
+    n = config.examples if n is None else n
+    sources = _sources(config, split, n, cache_dir)
+    if config.stage == "caption":
+        return StageData(sources)
+    data = StageData(sources, nominal=n)  # only to read the pools' sizes
+    sizes = {k: data.size(k) for k in sources}
+    if config.data == "fresh":
+        sizes.update(captions=max(1, n // 4))  # generators count as n, captions a quarter, as in the pools
+    rates = mixture_rates({k: v for k, v in sizes.items() if not k.startswith("pointing_")}, SFT_GROUPS)
+    rates.update({k: 0.0 for k in sources if k.startswith("pointing_")})
+    phases = curriculum_phases(config.curriculum, rates) if config.curriculum != "none" else ()
+    return StageData(sources, rates, phases, steps=config.steps, nominal=n)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -472,15 +574,22 @@ def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def tiny_model(seed: int = 0) -> MolmoLite:
+def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None) -> MolmoLite:
     """The tiny Molmo as Molmo starts: the CLIP-pretrained tiny ViT (chapter 02) and the pretrained tiny LM
-    (chapter 04), loaded from checkpoints/ or trained first if missing, and a fresh connector."""
+    (chapter 04), loaded from checkpoints/ or trained first if missing, and a fresh connector. connector: fields of
+    the tiny ConnectorConfig to change (e.g. {"feature_norm": 0, "init_scale": 1.0}, Molmo's own connector)."""
+    from dataclasses import replace
+
     from .clip_pretrain import tiny_encoder
+    from .config import MOLMO_PRESETS
     from .lm_pretrain import tiny_lm
 
+    config = MOLMO_PRESETS["tiny"]
+    if connector:
+        config = replace(config, connector=replace(config.connector, **connector))
     vision, llm = tiny_encoder(), tiny_lm()
     torch.manual_seed(seed)
-    return MolmoLite.from_parts("tiny", vision=vision, llm=llm)
+    return MolmoLite.from_parts(config, vision=vision, llm=llm)
 
 
 def build_model(name: str = "tiny", seed: int = 0) -> MolmoLite:
@@ -501,12 +610,12 @@ def build_model(name: str = "tiny", seed: int = 0) -> MolmoLite:
 
 
 def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = None, sft: TrainConfig | None = None,
-               eval_examples: int = 100, resume: bool = False, progress: bool = True,
+               eval_examples: int = 200, resume: bool = False, progress: bool = True,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Stage 1, stage 2 and the held-out evaluation of the tiny Molmo; writes out_dir/{caption,sft}/ (checkpoints),
     report.json, loss curves and predictions.png; returns the report (metrics, timings)."""
     from .config import TRAIN_PRESETS
-    from .evaluate import evaluate, headline, heldout_sets, metrics_table, plot_predictions, write_report
+    from .evaluate import evaluate_with_controls, headline, heldout_sets, metrics_table, plot_predictions, write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -526,7 +635,7 @@ def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = 
         times[f"stage {name}"] = time.perf_counter() - t
     t = time.perf_counter()
     sets = heldout_sets(eval_examples, seed=0, size=sft.image_size, cache_dir=cache)
-    report = evaluate(model, sets)
+    report = evaluate_with_controls(model, sets)
     times["evaluation"] = time.perf_counter() - t
     plot_predictions(sets, report, path=out / "predictions.png")
     model.save_pretrained(out / "final")

@@ -99,3 +99,34 @@ def check_global_batch_loss(namespace: dict) -> None:
     student = _student_function(namespace, "global_batch_loss")
     _compare_on_cases("global_batch_loss", ("per_token", "weights"), student, reference, cases,
                       _with_hint(_float_array_mismatch))
+
+
+@check("08_stage1_captioning", "embedding_norms")
+def check_embedding_norms(namespace: dict) -> None:
+    """embedding_norms(model, batch) equals molmo_lite.train.embedding_norms (mean norm of the image features added
+    at <im_patch> and of the text token embeddings) on two tiny models: Molmo's connector and the course's."""
+    import math
+    from dataclasses import replace
+
+    import torch
+
+    from molmo_lite.config import MOLMO_PRESETS, TrainConfig
+    from molmo_lite.model import MolmoLite
+    from molmo_lite.train import embedding_norms, stage_data, step_batches
+
+    student = _student_function(namespace, "embedding_norms")
+    config = TrainConfig(stage="sft", steps=1, batch_size=4, examples=8)
+    for options in ({"feature_norm": 0, "init_scale": 1.0}, {"feature_norm": 2, "init_scale": 3.0}):
+        torch.manual_seed(0)
+        preset = MOLMO_PRESETS["tiny"]
+        model = MolmoLite(replace(preset, connector=replace(preset.connector, **options)))
+        batch = step_batches(stage_data(config), model, config, 0)[0]
+        expected, got = embedding_norms(model, batch), student(model, batch)
+        if not isinstance(got, dict) or set(got) != {"image", "text"}:
+            raise AssertionError(f"embedding_norms returned {got!r}; expected a dict with keys 'image' and 'text'")
+        for key in ("image", "text"):
+            if not math.isclose(float(got[key]), expected[key], rel_tol=1e-4):
+                hint = (" (only real tokens: attention_mask 1, and none of the image tokens)" if key == "text" else
+                        " (the connector's output for the batch's crops: one row per <im_patch>)")
+                raise AssertionError(f"connector {options}: {key} norm {float(got[key]):.4f}, expected "
+                                     f"{expected[key]:.4f}{hint}")

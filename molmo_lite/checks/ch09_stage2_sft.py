@@ -110,3 +110,31 @@ def check_pick_datasets(namespace: dict) -> None:
     _compare_on_cases("pick_datasets", ("rates", "draws"), student, reference, cases,
                       lambda got, exp: None if list(got) == exp else f"returned {list(got)[:6]}..., expected "
                       f"{exp[:6]}...")
+
+
+@check("09_stage2_sft", "untrained_groups")
+def check_untrained_groups(namespace: dict) -> None:
+    """untrained_groups(model, before, after) names the Molmo groups none of whose parameters changed between the
+    two state dicts: checked on 2 real training steps with each group frozen in turn, and with none frozen."""
+    import copy
+
+    import torch
+
+    from molmo_lite.config import TrainConfig
+    from molmo_lite.model import MolmoLite
+    from molmo_lite.train import Trainer, stage_data
+
+    student = _student_function(namespace, "untrained_groups")
+    base = dict(stage="sft", steps=2, batch_size=2, examples=4, warmup_connector=1, warmup_vit=1, warmup_llm=1,
+                save_every=10**6, log_every=1)
+    data = stage_data(TrainConfig(**base))
+    for frozen in ((), ("connector",), ("vit",), ("llm", "vit")):
+        torch.manual_seed(0)
+        model = MolmoLite("tiny")
+        before = copy.deepcopy(model.state_dict())
+        Trainer(model, TrainConfig(**base, freeze=frozen), data, "/nonexistent", progress=False).train_step(0)
+        got = student(model, before, model.state_dict())
+        if sorted(got) != sorted(frozen):
+            raise AssertionError(f"with {list(frozen) or 'nothing'} frozen, untrained_groups returned {sorted(got)}"
+                                 " (a group is untrained when NONE of its parameters moved; the new token rows "
+                                 "llm.embed.new belong to the connector)")

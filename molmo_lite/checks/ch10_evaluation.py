@@ -73,3 +73,41 @@ def check_caption_recall(namespace: dict) -> None:
         cases.append((caption, ex.meta["objects"]))
     student = _student_function(namespace, "caption_recall")
     _compare_on_cases("caption_recall", ("caption", "objects"), student, caption_recall, cases, _equal)
+
+
+@check("10_evaluation", "blind_scores")
+def check_blind_scores(namespace: dict) -> None:
+    """blind_scores(counts) equals the pointing F1 and counting exact of the constant answer "There are none."
+    (molmo_lite.evaluate.blind_baselines) on 6 held-out sets of pointing scenes."""
+    from molmo_lite.data import synthetic
+    from molmo_lite.evaluate import BLIND_ANSWERS, blind_baselines
+
+    student = _student_function(namespace, "blind_scores")
+    for seed, n in ((0, 40), (1, 25), (2, 8), (3, 1), (4, 60), (5, 16)):
+        scenes = synthetic.pointing_examples(n, seed, "heldout", 56, max_count=10)
+        expected = blind_baselines({"pointing": scenes, "counting": scenes}, BLIND_ANSWERS)
+        got = student([ex.meta["count"] for ex in scenes])
+        want = (expected["pointing"]["f1"], expected["counting"]["exact"])
+        problem = _equal(tuple(got) if isinstance(got, (tuple, list)) else got, want)
+        if problem:
+            raise AssertionError(f"blind_scores on {n} scenes {problem} (an empty answer on an empty scene scores 1, "
+                                 "on any other scene 0)")
+
+
+@check("10_evaluation", "shuffle_images")
+def check_shuffle_images(namespace: dict) -> None:
+    """shuffle_images(examples, shift) gives example i the image of example (i + shift) mod n and keeps its text,
+    as molmo_lite.evaluate.shuffled_images, for shifts 1, 3 and n + 1."""
+    from molmo_lite.data import synthetic
+    from molmo_lite.evaluate import shuffled_images
+
+    student = _student_function(namespace, "shuffle_images")
+    scenes = synthetic.pointing_examples(7, 0, "heldout", 56, max_count=3)
+    for shift in (1, 3, 8):
+        got, expected = student(scenes, shift), shuffled_images(scenes, shift)
+        if len(got) != len(expected):
+            raise AssertionError(f"shift {shift}: {len(got)} examples, expected {len(expected)}")
+        for i, (g, e) in enumerate(zip(got, expected)):
+            if g.image is not e.image or g.messages is not scenes[i].messages:
+                raise AssertionError(f"shift {shift}: example {i} should have the image of example "
+                                     f"{(i + shift) % len(scenes)} and its own messages")

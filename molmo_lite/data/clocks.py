@@ -188,25 +188,27 @@ def clock_text(hour: int, minute: int, second: int | None = None) -> str:
     return f"{hour}:{minute:02d}" + ("" if second is None else f":{second:02d}")
 
 
+def clock_example(rng: np.random.Generator, size: int = 56, seconds_probability: float = SECONDS_PROBABILITY
+                  ) -> Example:
+    """One clock at a uniformly random time (hour 1-12, minute 0-59), a seconds hand with ``seconds_probability``,
+    with one question (style ``clocks``) answered 'H:MM(:SS)'. Image uint8 [size, size, 3]; meta: hour, minute,
+    second (None without a seconds hand), face (a FACES name)."""
+    names = list(FACES)
+    hour, minute, second = int(rng.integers(1, 13)), int(rng.integers(60)), int(rng.integers(60))
+    second = second if rng.random() < seconds_probability else None
+    face = names[int(rng.integers(len(names)))]
+    question = CLOCK_PROMPTS[int(rng.integers(len(CLOCK_PROMPTS)))]
+    image = render_clock(hour, minute, second, size=size, face=face, rng=rng)
+    return Example(image, [[Message(question, clock_text(hour, minute, second), "clocks")]], "clocks",
+                   {"hour": hour, "minute": minute, "second": second, "face": face})
+
+
 def clock_examples(n: int, seed: int = 0, split: str = "train", size: int = 56,
                    seconds_probability: float = SECONDS_PROBABILITY) -> list[Example]:
-    """n clocks at uniformly random times (hour 1-12, minute 0-59), a seconds hand on ``seconds_probability`` of
-    them, each with one question (style ``clocks``) answered 'H:MM(:SS)'.
-
-    Images uint8 [size, size, 3]; meta: hour, minute, second (None without a seconds hand), face (a FACES name).
-    Deterministic: the same (seed, split) gives the same examples, and the first k of n are those of n=k."""
+    """n ``clock_example`` clocks of the (seed, split) stream. Deterministic: the same (seed, split) gives the same
+    examples, and the first k of n are those of n=k."""
     rng = np.random.default_rng(split_seed(seed, split))
-    names = list(FACES)
-    examples = []
-    for _ in range(n):
-        hour, minute, second = int(rng.integers(1, 13)), int(rng.integers(60)), int(rng.integers(60))
-        second = second if rng.random() < seconds_probability else None
-        face = names[int(rng.integers(len(names)))]
-        question = CLOCK_PROMPTS[int(rng.integers(len(CLOCK_PROMPTS)))]
-        image = render_clock(hour, minute, second, size=size, face=face, rng=rng)
-        examples.append(Example(image, [[Message(question, clock_text(hour, minute, second), "clocks")]], "clocks",
-                                {"hour": hour, "minute": minute, "second": second, "face": face}))
-    return examples
+    return [clock_example(rng, size, seconds_probability) for _ in range(n)]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -184,32 +184,36 @@ def _count_distribution(rng: np.random.Generator, max_count: int) -> int:
     return 0 if rng.random() < 0.125 else int(rng.integers(1, max_count + 1))
 
 
+def pointing_example(rng: np.random.Generator, size: int = 56, max_count: int = 10, max_distractors: int = 6,
+                     min_count: int | None = None, min_distractors: int = 0) -> Example:
+    """One scene with 0..max_count objects of a queried class among min_distractors..max_distractors others, and
+    three annotations: pointing at the class, counting it by pointing (PixMo-Points style), and pointing at another
+    class. min_count None: 0 one time in eight, else uniform 1..max_count (the held-out distribution); an integer:
+    uniform min_count..max_count (the curriculum's easy scenes). meta: label, points (every matching object's centre,
+    0-100), count, objects."""
+    query = random_query(rng)
+    count = _count_distribution(rng, max_count) if min_count is None else int(rng.integers(min_count, max_count + 1))
+    objects = counting_scene(rng, query, count, int(rng.integers(min_distractors, max_distractors + 1)))
+    points = [(o.x, o.y) for o in objects if query.matches(o)]
+    other = random_query(rng)
+    other_points = [(o.x, o.y) for o in objects if other.matches(o)]
+    fill = {"label": query.label, "singular": query.singular}
+    messages = [
+        [Message(str(rng.choice(POINT_QUESTIONS)).format(**fill), points_to_text(points, query.label), "pointing")],
+        [Message(str(rng.choice(COUNT_QUESTIONS)).format(**fill), count_to_text(points, query.label),
+                 "point_count")],
+        [Message(f"Point to the {other.label}.", points_to_text(other_points, other.label), "pointing")],
+    ]
+    return Example(render_scene(objects, size=size, rng=rng), messages, "pointing",
+                   {"label": query.label, "points": points, "count": len(points), "objects": objects,
+                    "other_label": other.label, "other_points": other_points})
+
+
 def pointing_examples(n: int, seed: int = 0, split: str = "train", size: int = 56, max_count: int = 15,
                       max_distractors: int = 6) -> list[Example]:
-    """Scenes with 0..max_count objects of a queried class among distractors; per image three annotations:
-    pointing at the class, counting it by pointing (PixMo-Points style), and pointing at another class.
-    meta: label, points (every matching object's centre, 0-100), count, objects."""
+    """n ``pointing_example`` scenes of the (seed, split) stream (the first k of n are those of n=k)."""
     rng = np.random.default_rng(split_seed(seed, split))
-    examples = []
-    for _ in range(n):
-        query = random_query(rng)
-        count = _count_distribution(rng, max_count)
-        objects = counting_scene(rng, query, count, int(rng.integers(0, max_distractors + 1)))
-        points = [(o.x, o.y) for o in objects if query.matches(o)]
-        other = random_query(rng)
-        other_points = [(o.x, o.y) for o in objects if other.matches(o)]
-        fill = {"label": query.label, "singular": query.singular}
-        messages = [
-            [Message(str(rng.choice(POINT_QUESTIONS)).format(**fill), points_to_text(points, query.label),
-                     "pointing")],
-            [Message(str(rng.choice(COUNT_QUESTIONS)).format(**fill), count_to_text(points, query.label),
-                     "point_count")],
-            [Message(f"Point to the {other.label}.", points_to_text(other_points, other.label), "pointing")],
-        ]
-        examples.append(Example(render_scene(objects, size=size, rng=rng), messages, "pointing",
-                                {"label": query.label, "points": points, "count": len(points), "objects": objects,
-                                 "other_label": other.label, "other_points": other_points}))
-    return examples
+    return [pointing_example(rng, size, max_count, max_distractors) for _ in range(n)]
 
 
 def _a(word: str) -> str:
@@ -265,21 +269,23 @@ def spoken_transcript(objects: list[SceneObject], rng: np.random.Generator) -> s
         ", and ".join(said) + f". That's {NUMBER_WORDS[len(objects)]} in total, I think."
 
 
+def caption_example(rng: np.random.Generator, size: int = 56, max_objects: int = 8) -> Example:
+    """One stage-1 scene with a dense caption and a spoken transcript (two annotations per image, as Molmo's caption
+    + one transcript). meta: objects."""
+    total = int(rng.integers(1, max_objects + 1))
+    kinds = [(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)[:6])), str(rng.choice(TEXTURES)))
+             for _ in range(total)]
+    objects = place_objects(rng, kinds, (6.0, 10.0) if total > 4 else (8.0, 13.0))
+    messages = [[Message(None, dense_caption(objects, rng), "long_caption")],
+                [Message(None, spoken_transcript(objects, rng), "transcript")]]
+    return Example(render_scene(objects, size=size, rng=rng), messages, "caption", {"objects": objects})
+
+
 def caption_examples(n: int, seed: int = 0, split: str = "train", size: int = 56,
                      max_objects: int = 8) -> list[Example]:
-    """Stage-1 data: scenes with a dense caption and a spoken transcript (two annotations per image, as Molmo's
-    caption + one transcript). meta: objects."""
+    """n ``caption_example`` scenes of the (seed, split) stream."""
     rng = np.random.default_rng(split_seed(seed, split))
-    examples = []
-    for _ in range(n):
-        total = int(rng.integers(1, max_objects + 1))
-        kinds = [(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)[:6])), str(rng.choice(TEXTURES)))
-                 for _ in range(total)]
-        objects = place_objects(rng, kinds, (6.0, 10.0) if total > 4 else (8.0, 13.0))
-        messages = [[Message(None, dense_caption(objects, rng), "long_caption")],
-                    [Message(None, spoken_transcript(objects, rng), "transcript")]]
-        examples.append(Example(render_scene(objects, size=size, rng=rng), messages, "caption", {"objects": objects}))
-    return examples
+    return [caption_example(rng, size, max_objects) for _ in range(n)]
 
 
 def scene_questions(objects: list[SceneObject], rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -307,16 +313,18 @@ def scene_questions(objects: list[SceneObject], rng: np.random.Generator) -> lis
     return qa
 
 
-def qa_examples(n: int, seed: int = 0, split: str = "train", size: int = 56, questions: int = 4) -> list[Example]:
-    """Scenes with several free-form QA annotations each (style user_qa). meta: objects.
+def qa_example(rng: np.random.Generator, size: int = 56, questions: int = 4) -> Example:
+    """One scene with several free-form QA annotations (style user_qa). meta: objects.
 
     Each scene has objects of distinct (colour, shape), so "the red circle" is never ambiguous."""
+    objects = random_scene(rng, max_objects=5, min_objects=2)
+    qa = scene_questions(objects, rng)
+    picked = rng.permutation(len(qa))[:questions]
+    messages = [[Message(qa[int(i)][0], qa[int(i)][1], "user_qa")] for i in picked]
+    return Example(render_scene(objects, size=size, rng=rng), messages, "scene_qa", {"objects": objects})
+
+
+def qa_examples(n: int, seed: int = 0, split: str = "train", size: int = 56, questions: int = 4) -> list[Example]:
+    """n ``qa_example`` scenes of the (seed, split) stream."""
     rng = np.random.default_rng(split_seed(seed, split))
-    examples = []
-    for _ in range(n):
-        objects = random_scene(rng, max_objects=5, min_objects=2)
-        qa = scene_questions(objects, rng)
-        picked = rng.permutation(len(qa))[:questions]
-        messages = [[Message(qa[int(i)][0], qa[int(i)][1], "user_qa")] for i in picked]
-        examples.append(Example(render_scene(objects, size=size, rng=rng), messages, "scene_qa", {"objects": objects}))
-    return examples
+    return [qa_example(rng, size, questions) for _ in range(n)]

@@ -1,0 +1,230 @@
+"""Training recipes of the tiny Molmo, compared at equal wall-clock minutes (issue 14; the table of chapter 10).
+
+    python -m benchmarks.recipes                      # list the recipes and what each changes
+    python -m benchmarks.recipes NAME [--minutes 11.5] [--evals 4] [--examples 200]
+    python -m benchmarks.recipes --figure             # redraw docs/figures/recipes.png from the JSON
+
+A recipe is the tiny model's connector options plus the two stages' TrainConfig fields. Each run starts from the
+same pretrained parts (chapters 02 and 04), gives stage 1 ``caption_share`` of the training minutes and stage 2 the
+rest; the steps of each stage are set from the seconds per step measured on a copy of the model (at steps drawn
+late in the schedule, so the curriculum's short early sequences do not flatter it). During stage 2 it evaluates
+``--evals`` times on held-out scenes (pointing F1, counting exact, clocks within 3 min, the shuffled-image loss
+ratio); the evaluation time is not counted as training time. At the end: every held-out task on ``--examples``
+examples, with the blind baseline and the shuffled-image control.
+
+Writes benchmarks/results/recipes.json (one record per recipe: metrics against training minutes, steps/s,
+tokens/s, the configs; a rerun replaces the recipe's record) and docs/figures/recipes.png (held-out pointing F1
+against minutes, one curve per recipe). One run at a time on this 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "recipes.json"
+FIGURE = ROOT / "docs" / "figures" / "recipes.png"
+
+# The recipe of `make run` before issue 14 (TRAIN_PRESETS as they were): pools of 3000 examples per dataset, the
+# connector at 3e-3, raw ViT features into a default-initialised projector.
+V0_CAPTION = dict(stage="caption", batch_size=16, lr_connector=3e-3, lr_vit=2e-5, lr_llm=2e-4, warmup_connector=30,
+                  warmup_vit=30, warmup_llm=30, examples=3000)
+V0_SFT = dict(V0_CAPTION, stage="sft")
+MOLMO_CONNECTOR = dict(feature_norm=0, init_scale=1.0)
+COURSE_CONNECTOR = dict(feature_norm=2, init_scale=3.0)
+FAST_LRS = dict(lr_connector=1e-3, lr_vit=5e-5, lr_llm=1e-3)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    lever: str  # what this recipe changes, relative to the one named in ``base`` of its description
+    connector: dict = field(default_factory=dict)
+    caption: dict = field(default_factory=dict)
+    sft: dict = field(default_factory=dict)
+    caption_share: float = 0.15
+
+
+RECIPES: dict[str, Recipe] = {
+    "v0-course": Recipe("make run before issue 14: pools of 3000 images, Molmo's connector as is",
+                        MOLMO_CONNECTOR, V0_CAPTION, V0_SFT),
+    "v1-connector": Recipe("v0 + ViT features normalised per layer, projector init x3 (image embeddings at the "
+                           "scale of the text's)", COURSE_CONNECTOR, V0_CAPTION, V0_SFT),
+    "v2-fresh-lr": Recipe("v1 + a fresh example at every draw, learning rates 1e-3 / 5e-5 / 1e-3 (connector / ViT "
+                          "/ LLM)", COURSE_CONNECTOR, dict(V0_CAPTION, data="fresh", **FAST_LRS),
+                          dict(V0_SFT, data="fresh", **FAST_LRS)),
+    "v3-curriculum": Recipe("v2 + curriculum (one object, then 1-3 among 0-3, then the held-out scenes) and "
+                            "length-sorted micro-batches (8 x 2)", COURSE_CONNECTOR,
+                            dict(V0_CAPTION, data="fresh", batch_size=8, grad_accum=2, sort_by_length=True,
+                                 **FAST_LRS),
+                            dict(V0_SFT, data="fresh", curriculum="objects", batch_size=8, grad_accum=2,
+                                 sort_by_length=True, **FAST_LRS)),
+}
+
+
+def seconds_per_step(model, config, data, at: tuple[float, ...] = (0.5, 0.8, 0.95), guess: int = 1000) -> float:
+    """Median seconds of train_step on a COPY of the model at steps drawn at fractions ``at`` of a guessed length."""
+    from molmo_lite.train import StageData, Trainer
+
+    probe_data = StageData(data.datasets, data.rates, data.curriculum, steps=guess, nominal=data.nominal)
+    trainer = Trainer(copy.deepcopy(model), replace(config, steps=guess), probe_data, "/nonexistent", progress=False)
+    trainer.train_step(0)  # warm-up
+    times = []
+    for fraction in at:
+        t = time.perf_counter()
+        trainer.train_step(int(fraction * guess))
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def quick_eval(model, sets, n: int = 100) -> dict[str, float]:
+    """The curve points: pointing F1, counting exact and clocks within 3 min on n held-out examples, and the
+    answer-loss ratio shuffled / true images on 64 pointing scenes and 64 clocks."""
+    from molmo_lite.evaluate import controls, evaluate, headline
+
+    small = {t: sets[t][:n] for t in ("pointing", "counting", "clocks")}
+    report = evaluate(model, small, tasks=tuple(small))
+    out = headline(report)
+    for task, loss in controls(model, sets, ("pointing", "clocks")).items():
+        out[f"{task} loss ratio"] = loss["ratio"]
+    return out
+
+
+def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir: Path | None = None,
+        seed: int = 0) -> dict[str, Any]:
+    from molmo_lite.config import TrainConfig
+    from molmo_lite.evaluate import evaluate_with_controls, headline, heldout_sets, metrics_table
+    from molmo_lite.train import Trainer, stage_data, tiny_model
+
+    recipe = RECIPES[name]
+    out_dir = Path(out_dir or ROOT / "runs" / "recipes" / name)
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    cache = ROOT / "runs" / "recipes" / "docs_cache"
+    model = tiny_model(seed, recipe.connector)
+    sets = heldout_sets(examples, seed=0, size=56, cache_dir=cache)
+    curve, stages, train_seconds = [], {}, 0.0
+    for stage, share in (("caption", recipe.caption_share), ("sft", 1 - recipe.caption_share)):
+        fields = dict(getattr(recipe, stage), seed=seed, log_every=10, save_every=10**9)
+        config = TrainConfig(**fields, steps=1000)
+        data = stage_data(config, cache_dir=cache)
+        per_step = seconds_per_step(model, config, data)
+        steps = max(10, int(share * minutes * 60 / per_step))
+        config = replace(config, steps=steps)
+        data.steps = steps  # the curriculum's phases are fractions of the stage's steps
+        trainer = Trainer(model, config, data, out_dir / stage, progress=False)
+        chunks = [steps] if stage == "caption" else [round(steps * (i + 1) / evals) for i in range(evals)]
+        t_stage, tokens = 0.0, 0
+        for end in chunks:
+            t = time.perf_counter()
+            history = trainer.fit(stop_after=end - trainer.step)
+            t_stage += time.perf_counter() - t
+            if stage == "sft":
+                point = {"minutes": (train_seconds + t_stage) / 60, "step": trainer.step,
+                         **quick_eval(model, sets)}
+                curve.append(point)
+                print(name, {k: round(v, 3) for k, v in point.items()}, flush=True)
+        tokens = sum(h["tokens"] for h in trainer.history)  # logged steps only: an estimate below
+        train_seconds += t_stage
+        stages[stage] = {"steps": steps, "seconds": round(t_stage, 1), "steps_per_second": steps / t_stage,
+                         "tokens_per_second": history[-1]["tokens_per_second"] if history else None,
+                         "final_loss": trainer.history[-1]["loss"], "probe_seconds_per_step": per_step,
+                         "config": config.to_dict(), "logged_tokens": tokens}
+    t = time.perf_counter()
+    report = evaluate_with_controls(model, sets)
+    eval_seconds = time.perf_counter() - t
+    print(metrics_table(report))
+    record = {"recipe": name, "lever": recipe.lever, "connector": recipe.connector, "minutes": minutes,
+              "train_minutes": train_seconds / 60, "eval_seconds": eval_seconds, "curve": curve, "stages": stages,
+              "headline": headline(report), "metrics": report["metrics"], "shuffled": report["shuffled"],
+              "blind": report["blind"], "blind_answers": report["blind_answers"], "losses": report["losses"],
+              "n": report["n"], "machine": machine_info(), "date": time.strftime("%Y-%m-%d")}
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results[name] = record
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    print("wrote", OUT)
+    figure(results)
+    return record
+
+
+def table(results: dict[str, dict]) -> str:
+    """The recipes table: one row per recipe, final held-out metrics with the shuffled-image loss ratios."""
+    lines = ["| recipe | what it changes | train min | steps (1+2) | pointing F1 | counting exact | clocks 3 min | "
+             "charts | tables | caption recall | loss ratio pointing / clocks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        h, s, loss = r["headline"], r["stages"], r["losses"]
+        lines.append(f"| {name} | {r['lever']} | {r['train_minutes']:.1f} | {s['caption']['steps']}+"
+                     f"{s['sft']['steps']} | {h['pointing f1']:.2f} | {h['counting exact']:.2f} | "
+                     f"{h['clocks within_3_min']:.2f} | {h['charts accuracy']:.2f} | {h['tables accuracy']:.2f} | "
+                     f"{h['captions object_recall']:.2f} | {loss['pointing']['ratio']:.2f} / "
+                     f"{loss['clocks']['ratio']:.2f} |")
+    if results:
+        any_run = next(iter(results.values()))
+        b = any_run["blind"]
+        lines.append(f"| blind baseline | one constant answer | - | - | {b['pointing']['f1']:.2f} | "
+                     f"{b['counting']['exact']:.2f} | {b['clocks']['within_3_min']:.2f} | "
+                     f"{b['charts']['accuracy']:.2f} | {b['tables']['accuracy']:.2f} | - | 1.00 / 1.00 |")
+    return "\n".join(lines)
+
+
+def figure(results: dict[str, dict], path: Path = FIGURE) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name, r in results.items():
+        minutes = [p["minutes"] for p in r["curve"]]
+        for ax, key in zip(axes, ("pointing f1", "counting exact", "pointing loss ratio")):
+            ax.plot(minutes, [p[key] for p in r["curve"]], marker="o", label=name)
+            ax.set_xlabel("training minutes (2-core CPU)"), ax.set_title(f"held-out {key}")
+    if results:
+        blind = next(iter(results.values()))["blind"]
+        axes[0].axhline(blind["pointing"]["f1"], color="grey", ls="--", label="blind baseline")
+        axes[1].axhline(blind["counting"]["exact"], color="grey", ls="--")
+        axes[2].axhline(1.0, color="grey", ls="--")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", help="a recipe; none lists them")
+    parser.add_argument("--minutes", type=float, default=11.5, help="training minutes, both stages (default 11.5)")
+    parser.add_argument("--evals", type=int, default=4, help="held-out evaluations during stage 2")
+    parser.add_argument("--examples", type=int, default=200, help="held-out examples per task at the end")
+    parser.add_argument("--figure", action="store_true", help="redraw the figure and print the table from the JSON")
+    args = parser.parse_args(argv)
+    if args.figure:
+        results = json.loads(OUT.read_text())
+        print(figure(results))
+        print(table(results))
+        return
+    if args.name is None:
+        measured = json.loads(OUT.read_text()) if OUT.exists() else {}
+        for name, recipe in RECIPES.items():
+            mark = f"measured {measured[name]['date']}" if name in measured else "not measured"
+            print(f"{name:16s} {recipe.lever} ({mark})")
+        return
+    if args.name not in RECIPES:
+        parser.error(f"unknown recipe {args.name!r}; known: {', '.join(RECIPES)}")
+    run(args.name, args.minutes, args.evals, args.examples)
+
+
+if __name__ == "__main__":
+    main()
