@@ -6,8 +6,8 @@
 
 A recipe is the tiny model's connector options plus the two stages' TrainConfig fields. Each run starts from the
 same pretrained parts (chapters 02 and 04), gives stage 1 ``caption_share`` of the training minutes and stage 2 the
-rest; the steps of each stage are set from the seconds per step measured on a copy of the model (at steps drawn
-late in the schedule, so the curriculum's short early sequences do not flatter it). During stage 2 it evaluates
+rest; the steps of each stage are set from the seconds per step measured on a copy of the model (the mean of
+steps spread over the whole schedule, so that a curriculum's cheap and costly phases both count). During stage 2 it evaluates
 ``--evals`` times on held-out scenes (pointing F1, counting exact, clocks within 3 min, the shuffled-image loss
 ratio); the evaluation time is not counted as training time. At the end: every held-out task on ``--examples``
 examples, with the blind baseline and the shuffled-image control.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine_info
+from benchmarks.common import README, machine_info, markers
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "recipes.json"
@@ -50,6 +50,7 @@ class Recipe:
     caption: dict = field(default_factory=dict)
     sft: dict = field(default_factory=dict)
     caption_share: float = 0.15
+    preprocessor: dict = field(default_factory=dict)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -60,17 +61,27 @@ RECIPES: dict[str, Recipe] = {
     "v2-fresh-lr": Recipe("v1 + a fresh example at every draw, learning rates 1e-3 / 5e-5 / 1e-3 (connector / ViT "
                           "/ LLM)", COURSE_CONNECTOR, dict(V0_CAPTION, data="fresh", **FAST_LRS),
                           dict(V0_SFT, data="fresh", **FAST_LRS)),
-    "v3-curriculum": Recipe("v2 + curriculum (one object, then 1-3 among 0-3, then the held-out scenes) and "
+    "v3-curriculum": Recipe("v2 + curriculum (first half of the steps single objects only, then 1-3 among 0-3, then the held-out "
+                            "scenes) and "
                             "length-sorted micro-batches (8 x 2)", COURSE_CONNECTOR,
                             dict(V0_CAPTION, data="fresh", batch_size=8, grad_accum=2, sort_by_length=True,
                                  **FAST_LRS),
                             dict(V0_SFT, data="fresh", curriculum="objects", batch_size=8, grad_accum=2,
                                  sort_by_length=True, **FAST_LRS)),
+    "v4-hires": Recipe("v3 + scenes and clocks rendered at 112 px, crops without overlap: 20 image tokens (a 4x4 "
+                       "grid + the 2x2 overview) instead of 8", COURSE_CONNECTOR,
+                       dict(V0_CAPTION, data="fresh", batch_size=8, grad_accum=2, sort_by_length=True, image_size=112,
+                            **FAST_LRS),
+                       dict(V0_SFT, data="fresh", curriculum="objects", batch_size=8, grad_accum=2,
+                            sort_by_length=True, image_size=112, **FAST_LRS),
+                       preprocessor=dict(overlap_margins=(0, 0))),
 }
 
 
-def seconds_per_step(model, config, data, at: tuple[float, ...] = (0.5, 0.8, 0.95), guess: int = 1000) -> float:
-    """Median seconds of train_step on a COPY of the model at steps drawn at fractions ``at`` of a guessed length."""
+def seconds_per_step(model, config, data, at: tuple[float, ...] = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95),
+                     guess: int = 1000) -> float:
+    """Mean seconds of train_step on a COPY of the model at steps spread over the schedule (fractions ``at`` of a
+    guessed length): the mean step cost, curriculum phases of cheap and costly steps included."""
     from molmo_lite.train import StageData, Trainer
 
     probe_data = StageData(data.datasets, data.rates, data.curriculum, steps=guess, nominal=data.nominal)
@@ -81,7 +92,7 @@ def seconds_per_step(model, config, data, at: tuple[float, ...] = (0.5, 0.8, 0.9
         t = time.perf_counter()
         trainer.train_step(int(fraction * guess))
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return sum(times) / len(times)
 
 
 def quick_eval(model, sets, n: int = 100) -> dict[str, float]:
@@ -110,8 +121,9 @@ def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir:
 
         shutil.rmtree(out_dir)
     cache = ROOT / "runs" / "recipes" / "docs_cache"
-    model = tiny_model(seed, recipe.connector)
-    sets = heldout_sets(examples, seed=0, size=56, cache_dir=cache)
+    model = tiny_model(seed, recipe.connector, recipe.preprocessor)
+    size = recipe.sft.get("image_size", 56)  # the held-out scenes at the training resolution (same relative sizes)
+    sets = heldout_sets(examples, seed=0, size=size, cache_dir=cache)
     curve, stages, train_seconds = [], {}, 0.0
     for stage, share in (("caption", recipe.caption_share), ("sft", 1 - recipe.caption_share)):
         fields = dict(getattr(recipe, stage), seed=seed, log_every=10, save_every=10**9)
@@ -143,7 +155,8 @@ def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir:
     report = evaluate_with_controls(model, sets)
     eval_seconds = time.perf_counter() - t
     print(metrics_table(report))
-    record = {"recipe": name, "lever": recipe.lever, "connector": recipe.connector, "minutes": minutes,
+    record = {"recipe": name, "lever": recipe.lever, "connector": recipe.connector,
+              "preprocessor": recipe.preprocessor, "image_size": size, "minutes": minutes,
               "train_minutes": train_seconds / 60, "eval_seconds": eval_seconds, "curve": curve, "stages": stages,
               "headline": headline(report), "metrics": report["metrics"], "shuffled": report["shuffled"],
               "blind": report["blind"], "blind_answers": report["blind_answers"], "losses": report["losses"],
@@ -154,10 +167,20 @@ def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir:
     OUT.write_text(json.dumps(results, indent=1) + "\n")
     print("wrote", OUT)
     figure(results)
+    update_readme(results)
     return record
 
 
-def table(results: dict[str, dict]) -> str:
+def update_readme(results: dict[str, dict]) -> None:
+    """Replace the README's recipes table (between the recipes-benchmark markers) with ``readme_table``."""
+    start, end = markers("recipes")
+    text = README.read_text()
+    if start in text:
+        head, rest = text.split(start, 1)
+        README.write_text(head + start + "\n" + readme_table(results) + "\n" + end + rest.split(end, 1)[1])
+
+
+def readme_table(results: dict[str, dict]) -> str:
     """The recipes table: one row per recipe, final held-out metrics with the shuffled-image loss ratios."""
     lines = ["| recipe | what it changes | train min | steps (1+2) | pointing F1 | counting exact | clocks 3 min | "
              "charts | tables | caption recall | loss ratio pointing / clocks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -213,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.figure:
         results = json.loads(OUT.read_text())
         print(figure(results))
-        print(table(results))
+        print(readme_table(results))
+        update_readme(results)
         return
     if args.name is None:
         measured = json.loads(OUT.read_text()) if OUT.exists() else {}

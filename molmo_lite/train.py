@@ -141,6 +141,11 @@ class StageData:
         source = self.datasets[name]
         return self.nominal if callable(source) else len(source)
 
+    def peek(self, name: str, seed: int = 0) -> Example:
+        """One example of a source, to look at: a pool's first, or a generator's example of rng(seed)."""
+        source = self.datasets[name]
+        return source(np.random.default_rng(seed)) if callable(source) else source[0]
+
     def rates_at(self, step: int) -> dict[str, float]:
         """The normalised sampling rate of every source at ``step`` (0-based) of ``steps``."""
         rates = {n: float(self.rates.get(n, 0.0)) for n in self._names}
@@ -495,58 +500,73 @@ SFT_GROUPS = {  # Molmo's SFT shares (MOLMO_SPEC section 7), with the course's s
 
 
 def _sources(config: TrainConfig, split: str, n: int, cache_dir: str | Path | None) -> dict[str, Source]:
-    """The synthetic sources of a stage: pools of n examples (config.data "pool") or generators ("fresh"). Charts and
-    tables are always pools of n // 4 (they render slowly, with matplotlib, and are cached in cache_dir)."""
+    """The synthetic sources of a stage: generators (config.data "fresh", training split only) or pools of n examples
+    of the split's seed stream ("pool"; captions a quarter of n in stage 2). Charts and tables are always pools of
+    n // 4 (they render slowly, with matplotlib, and are cached in cache_dir)."""
     from functools import partial
 
     from .data import clocks, docs, synthetic
+    from .data.examples import split_seed
 
     seed, size = config.seed, config.image_size
     if config.data not in ("pool", "fresh"):
         raise ValueError(f"config.data must be 'pool' or 'fresh', got {config.data!r}")
-    if config.stage == "caption":
-        if config.data == "fresh":
-            return {"captions": partial(synthetic.caption_example, size=size)}
-        return {"captions": synthetic.caption_examples(n, seed, split, size)}
-    if config.stage != "sft":
+    if config.stage not in ("caption", "sft"):
         raise ValueError(f"stage must be 'caption' or 'sft', got {config.stage!r}")
-    n_docs = max(1, n // 4)
-    docs_pools = {"charts": docs.chart_examples(n_docs, seed, split, cache_dir=cache_dir),
-                  "tables": docs.table_examples(n_docs, seed, split, cache_dir=cache_dir)}
-    if config.data == "pool":
-        return {"pointing": synthetic.pointing_examples(n, seed, split, size, max_count=10),
-                "clocks": clocks.clock_examples(n, seed, split, size), **docs_pools,
-                "scene_qa": synthetic.qa_examples(n, seed, split, size),
-                "captions": synthetic.caption_examples(max(1, n // 4), seed, split, size)}
-    sources: dict[str, Source] = {"pointing": partial(synthetic.pointing_example, size=size, max_count=10)}
-    if config.curriculum != "none":  # the easier scenes of the curriculum's first phases
-        sources["pointing_one"] = partial(synthetic.pointing_example, size=size, min_count=1, max_count=1,
-                                          max_distractors=0)
-        sources["pointing_few"] = partial(synthetic.pointing_example, size=size, min_count=1, max_count=3,
-                                          max_distractors=3)
-    return {**sources, "clocks": partial(clocks.clock_example, size=size), **docs_pools,
-            "scene_qa": partial(synthetic.qa_example, size=size), "captions": partial(synthetic.caption_example,
-                                                                                       size=size)}
+    generators: dict[str, Callable[[np.random.Generator], Example]] = {}
+    sizes: dict[str, int] = {}
+    if config.stage == "caption":
+        generators["captions"] = partial(synthetic.caption_example, size=size)
+    else:
+        generators["pointing"] = partial(synthetic.pointing_example, size=size, max_count=10)
+        if config.curriculum != "none":  # the easier scenes of the curriculum's first phases
+            generators["pointing_one"] = partial(synthetic.pointing_example, size=size, min_count=1, max_count=1,
+                                                 max_distractors=0)
+            generators["pointing_few"] = partial(synthetic.pointing_example, size=size, min_count=1, max_count=3,
+                                                 max_distractors=3)
+        generators.update(clocks=partial(clocks.clock_example, size=size),
+                          scene_qa=partial(synthetic.qa_example, size=size),
+                          captions=partial(synthetic.caption_example, size=size))
+        sizes["captions"] = max(1, n // 4)
+    if config.data == "fresh" and split == "train":
+        sources: dict[str, Source] = dict(generators)
+    else:  # a pool per source, drawn from the split's own stream (the old pools, example for example)
+        sources = {}
+        for name, make in generators.items():
+            rng = np.random.default_rng(split_seed(seed, split))
+            sources[name] = [make(rng) for _ in range(sizes.get(name, n))]
+    if config.stage == "sft":
+        n_docs = max(1, n // 4)
+        sources.update(charts=docs.chart_examples(n_docs, seed, split, cache_dir=cache_dir),
+                       tables=docs.table_examples(n_docs, seed, split, cache_dir=cache_dir))
+        order = [k for k in ("pointing", "pointing_one", "pointing_few", "clocks", "charts", "tables", "scene_qa",
+                             "captions") if k in sources]
+        sources = {k: sources[k] for k in order}
+    return sources
 
 
 # Curricula of stage 2, by name (TrainConfig.curriculum): phases (until, {source: rate}) over the base rates. The
-# pointing group's share moves from single objects to a few among distractors to the held-out distribution
-# (0-10 among 0-6). Molmo has no curriculum (its SFT mixture is fixed): the tiny run has 20 minutes, and one object
-# is where learning to localise is known to start (docs/recipes.md).
+# rates of the pointing sources are shares of the pointing group (Molmo's 35%), the others absolute. "objects": the
+# first half of the steps are single objects only (short sequences, so together only about a tenth of the time; one
+# object is where learning to localise is known to start), then the pointing group moves to 1-3 objects among 0-3
+# others, then to the held-out distribution (0-10 among 0-6), the rest of the mixture at its rates. Molmo has no
+# curriculum: its SFT mixture is fixed (docs/recipes.md).
+_REST = {name: 0.0 for name in ("clocks", "charts", "tables", "scene_qa", "captions")}
 CURRICULA = {
     "none": (),
-    "objects": ((0.15, {"pointing_one": 1.0, "pointing_few": 0.0, "pointing": 0.0}),
-                (0.45, {"pointing_one": 0.2, "pointing_few": 0.8, "pointing": 0.0}),
+    "objects": ((0.5, {"pointing_one": 1.0, "pointing_few": 0.0, "pointing": 0.0, **_REST}),
+                (0.75, {"pointing_one": 0.2, "pointing_few": 0.8, "pointing": 0.0}),
                 (1.0, {"pointing_one": 0.0, "pointing_few": 0.3, "pointing": 0.7})),
 }
 
 
 def curriculum_phases(name: str, rates: Mapping[str, float]) -> tuple[tuple[float, dict[str, float]], ...]:
-    """CURRICULA[name] with each phase's pointing shares scaled to the pointing group's base rate ``rates``."""
+    """CURRICULA[name] with each phase's pointing shares scaled to the pointing group's base rate in ``rates``."""
     if name not in CURRICULA:
         raise ValueError(f"unknown curriculum {name!r}; known: {sorted(CURRICULA)}")
     share = sum(r for k, r in rates.items() if k.startswith("pointing"))
-    return tuple((until, {k: v * share for k, v in phase.items()}) for until, phase in CURRICULA[name])
+    return tuple((until, {k: v * share if k.startswith("pointing") else v for k, v in phase.items()})
+                 for until, phase in CURRICULA[name])
 
 
 def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
@@ -574,10 +594,12 @@ def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None) -> MolmoLite:
+def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None,
+               preprocessor: Mapping[str, Any] | None = None) -> MolmoLite:
     """The tiny Molmo as Molmo starts: the CLIP-pretrained tiny ViT (chapter 02) and the pretrained tiny LM
     (chapter 04), loaded from checkpoints/ or trained first if missing, and a fresh connector. connector: fields of
-    the tiny ConnectorConfig to change (e.g. {"feature_norm": 0, "init_scale": 1.0}, Molmo's own connector)."""
+    the tiny ConnectorConfig to change (e.g. {"feature_norm": 0, "init_scale": 1.0}, Molmo's own connector);
+    preprocessor: fields of the tiny PreprocessorConfig to change (e.g. {"overlap_margins": (0, 0)})."""
     from dataclasses import replace
 
     from .clip_pretrain import tiny_encoder
@@ -587,6 +609,8 @@ def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None) -> Mol
     config = MOLMO_PRESETS["tiny"]
     if connector:
         config = replace(config, connector=replace(config.connector, **connector))
+    if preprocessor:
+        config = replace(config, preprocessor=replace(config.preprocessor, **preprocessor))
     vision, llm = tiny_encoder(), tiny_lm()
     torch.manual_seed(seed)
     return MolmoLite.from_parts(config, vision=vision, llm=llm)
