@@ -638,7 +638,7 @@ def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = 
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Stage 1, stage 2 and the held-out evaluation of the tiny Molmo; writes out_dir/{caption,sft}/ (checkpoints),
     report.json, loss curves and predictions.png; returns the report (metrics, timings)."""
-    from .config import TRAIN_PRESETS
+    from .config import TINY_RUN_MODEL, TRAIN_PRESETS
     from .evaluate import evaluate_with_controls, headline, heldout_sets, metrics_table, plot_predictions, write_report
 
     out = Path(out_dir)
@@ -648,7 +648,7 @@ def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = 
     cache = out / "docs_cache"
     times: dict[str, float] = {}
     start = time.perf_counter()
-    model = tiny_model(caption.seed)
+    model = tiny_model(caption.seed, **TINY_RUN_MODEL)
     times["pretrained parts (chapters 02, 04)"] = time.perf_counter() - start
     for name, config in (("caption", caption), ("sft", sft)):
         t = time.perf_counter()
@@ -665,7 +665,7 @@ def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = 
     model.save_pretrained(out / "final")
     times["total"] = time.perf_counter() - start
     report.update(headline=headline(report), seconds={k: round(v, 1) for k, v in times.items()},
-                  configs={"caption": caption.to_dict(), "sft": sft.to_dict()})
+                  configs={"caption": caption.to_dict(), "sft": sft.to_dict(), "model": TINY_RUN_MODEL})
     write_report(report, out / "report.json")
     log(metrics_table(report))
     log("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
