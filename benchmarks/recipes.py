@@ -224,11 +224,11 @@ def figure(results: dict[str, dict], path: Path = FIGURE) -> Path:
 
     keys = ("pointing f1", "counting exact", "pointing loss ratio", "one-object f1")
     fig, axes = plt.subplots(1, len(keys), figsize=(17, 3.6))
-    for name, r in results.items():
+    for i, (name, r) in enumerate(results.items()):
         minutes = [p["minutes"] for p in r["curve"]]
         for ax, key in zip(axes, keys):
             if all(key in p for p in r["curve"]):
-                ax.plot(minutes, [p[key] for p in r["curve"]], marker="o", label=name)
+                ax.plot(minutes, [p[key] for p in r["curve"]], marker="o", label=name, color=f"C{i}")
             ax.set_xlabel("training minutes (2-core CPU)"), ax.set_title(f"held-out {key}")
     if results:
         blind = next(iter(results.values()))["blind"]

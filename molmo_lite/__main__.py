@@ -195,7 +195,7 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser("run", help="the course's main job: train the tiny Molmo in two stages, evaluate")
     parser.add_argument("--out", type=Path, default=Path("runs/tiny"), help="checkpoints, report.json, figures")
-    parser.add_argument("--eval-examples", type=int, default=100, help="held-out examples per task")
+    parser.add_argument("--eval-examples", type=int, default=200, help="held-out examples per task")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
     parser.add_argument("--resume", action="store_true", help="continue each stage from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -80,9 +80,10 @@ def two_ranks(reference):
 
 
 def test_the_reference_run_moves_the_weights(reference):
-    """Guards the comparisons below: 20 steps change the weights by far more than the tolerance they are held to."""
+    """Guards the comparisons below: 20 steps (inside the tiny preset's 30-step warmup) change the weights by far more
+    than the tolerance (1e-5) they are held to."""
     moved = _max_difference(_weights(reference / "one"), load_file(reference / "init" / "model.safetensors"))
-    assert moved > 1e-2
+    assert moved > 1e-3
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

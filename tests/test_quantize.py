@@ -30,8 +30,14 @@ ANNOTATIONS = [[(user_prompt("What colour is the square?"), "blue")],
 
 @pytest.fixture(scope="module")
 def model() -> MolmoLite:
+    """The tiny geometry with Molmo's connector (no feature normalisation: the released models' path)."""
+    from dataclasses import replace
+
+    from molmo_lite.config import MOLMO_PRESETS
+
     torch.manual_seed(0)
-    return randomize(MolmoLite("tiny"), seed=3)
+    tiny = MOLMO_PRESETS["tiny"]
+    return randomize(MolmoLite(replace(tiny, connector=replace(tiny.connector, feature_norm=0))), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +375,7 @@ def test_qlora_model_trains_checkpoints_and_resumes_through_the_trainer(model, t
 
     Trainer(adapted(copy.deepcopy(model))[0], config, data, tmp_path / "sliced", progress=False).fit(
         stop_after=2)
-    other = adapted(randomize(MolmoLite("tiny"), seed=99))[0]
+    other = adapted(randomize(MolmoLite(model.config), seed=99))[0]
     assert not torch.equal(other.llm.blocks[0].attention.wq.base_layer.weight.quant_state.absmax,
                            whole.llm.blocks[0].attention.wq.base_layer.weight.quant_state.absmax)
     resumed = Trainer(other, config, data, tmp_path / "sliced", progress=False)

@@ -17,7 +17,7 @@ def _reference_micro_batches(rank: int, world_size: int, batch_size: int, grad_a
     from molmo_lite import train
     from molmo_lite.config import TrainConfig
 
-    data = SimpleNamespace(draw=lambda rng, n: list(range(n)))
+    data = SimpleNamespace(draw=lambda rng, n, step=0: list(range(n)))
     model = SimpleNamespace(processor=None, tokenizer=SimpleNamespace(pad_id=0))
     config = TrainConfig(stage="sft", batch_size=batch_size, grad_accum=grad_accum)
     with mock.patch.object(train, "encode_example", lambda example, *args: example), \
