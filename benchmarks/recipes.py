@@ -151,7 +151,7 @@ def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir:
         data.steps = steps  # the curriculum's phases are fractions of the stage's steps
         trainer = Trainer(model, config, data, out_dir / stage, progress=False)
         chunks = [steps] if stage == "caption" else [round(steps * (i + 1) / evals) for i in range(evals)]
-        t_stage, tokens = 0.0, 0
+        t_stage = 0.0
         for end in chunks:
             t = time.perf_counter()
             history = trainer.fit(stop_after=end - trainer.step)

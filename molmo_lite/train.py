@@ -579,10 +579,8 @@ def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
     sources = _sources(config, split, n, cache_dir)
     if config.stage == "caption":
         return StageData(sources)
-    data = StageData(sources, nominal=n)  # only to read the pools' sizes
-    sizes = {k: data.size(k) for k in sources}
-    if config.data == "fresh":
-        sizes.update(captions=max(1, n // 4))  # generators count as n, captions a quarter, as in the pools
+    # a generator counts as the pool it replaces: n examples, captions a quarter of n
+    sizes = {k: (max(1, n // 4) if k == "captions" else n) if callable(v) else len(v) for k, v in sources.items()}
     rates = mixture_rates({k: v for k, v in sizes.items() if not k.startswith("pointing_")}, SFT_GROUPS)
     rates.update({k: 0.0 for k in sources if k.startswith("pointing_")})
     phases = curriculum_phases(config.curriculum, rates) if config.curriculum != "none" else ()
