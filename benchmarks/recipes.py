@@ -51,6 +51,7 @@ class Recipe:
     sft: dict = field(default_factory=dict)
     caption_share: float = 0.15
     preprocessor: dict = field(default_factory=dict)
+    lm_kinds: tuple[str, ...] | None = None  # the LM pre-trained on these corpus line kinds only (default all)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -68,13 +69,19 @@ RECIPES: dict[str, Recipe] = {
                                  **FAST_LRS),
                             dict(V0_SFT, data="fresh", curriculum="objects", batch_size=8, grad_accum=2,
                                  sort_by_length=True, **FAST_LRS)),
-    "v4-hires": Recipe("v3 + scenes and clocks rendered at 112 px, crops without overlap: 20 image tokens (a 4x4 "
+    "v4-hires": Recipe("v2 + scenes and clocks rendered at 112 px, crops without overlap: 20 image tokens (a 4x4 "
                        "grid + the 2x2 overview) instead of 8", COURSE_CONNECTOR,
-                       dict(V0_CAPTION, data="fresh", batch_size=8, grad_accum=2, sort_by_length=True, image_size=112,
-                            **FAST_LRS),
-                       dict(V0_SFT, data="fresh", curriculum="objects", batch_size=8, grad_accum=2,
-                            sort_by_length=True, image_size=112, **FAST_LRS),
+                       dict(V0_CAPTION, data="fresh", image_size=112, **FAST_LRS),
+                       dict(V0_SFT, data="fresh", image_size=112, **FAST_LRS),
                        preprocessor=dict(overlap_margins=(0, 0))),
+    "v5-pointing-share": Recipe("v2 + pointing and counting 60% of stage 2 instead of Molmo's 35% (the rest of the "
+                                "mixture in its own proportions)", COURSE_CONNECTOR,
+                                dict(V0_CAPTION, data="fresh", **FAST_LRS),
+                                dict(V0_SFT, data="fresh", rates=(("pointing", 0.6),), **FAST_LRS)),
+    "v6-lm-no-points": Recipe("v2 + an LM pre-trained without the imageless pointing and counting answers (captions, "
+                              "QA and clock lines only): it meets the point format in stage 2, as Qwen2 did",
+                              COURSE_CONNECTOR, dict(V0_CAPTION, data="fresh", **FAST_LRS),
+                              dict(V0_SFT, data="fresh", **FAST_LRS), lm_kinds=("caption", "qa", "clock")),
 }
 
 
@@ -137,7 +144,7 @@ def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir:
 
         shutil.rmtree(out_dir)
     cache = ROOT / "runs" / "recipes" / "docs_cache"
-    model = tiny_model(seed, recipe.connector, recipe.preprocessor)
+    model = tiny_model(seed, recipe.connector, recipe.preprocessor, recipe.lm_kinds)
     size = recipe.sft.get("image_size", 56)  # the held-out scenes at the training resolution (same relative sizes)
     sets = heldout_sets(examples, seed=0, size=size, cache_dir=cache)
     curve, stages, train_seconds = [], {}, 0.0
@@ -172,7 +179,7 @@ def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir:
     eval_seconds = time.perf_counter() - t
     print(metrics_table(report))
     record = {"recipe": name, "lever": recipe.lever, "connector": recipe.connector,
-              "preprocessor": recipe.preprocessor, "image_size": size, "minutes": minutes,
+              "preprocessor": recipe.preprocessor, "lm_kinds": recipe.lm_kinds, "image_size": size, "minutes": minutes,
               "train_minutes": train_seconds / 60, "eval_seconds": eval_seconds, "curve": curve, "stages": stages,
               "headline": headline(report), "metrics": report["metrics"], "shuffled": report["shuffled"],
               "blind": report["blind"], "blind_answers": report["blind_answers"], "losses": report["losses"],

@@ -322,6 +322,7 @@ class TrainConfig:
     data: str = "pool"  # "pool": `examples` per dataset, drawn with replacement; "fresh": a new example at every draw
     sort_by_length: bool = False  # micro-batches of a step from its examples sorted by length (less padding)
     curriculum: str = "none"  # stage 2: a molmo_lite.train.CURRICULA name ("objects": one object first)
+    rates: tuple[tuple[str, float], ...] = ()  # stage 2: ((source, rate), ...) set; the other sources fill the rest
     image_size: int = 56  # side of the synthetic scenes and clocks
 
     def to_dict(self) -> dict:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import CHECKPOINT_DIR, LLM_PRESETS, LLMConfig
-from .data.corpus import course_corpus
+from .data.corpus import KINDS, course_corpus
 from .llm import LLM, load_llm, save_llm
 from .tokenizer import MolmoTokenizer
 
@@ -91,14 +91,15 @@ SAMPLE_PROMPTS = [" long_caption 40:", " User: point_qa: Point to the red circle
 
 
 def pretrain_tiny_lm(steps: int = 400, seq_len: int = 128, n_lines: int = 20000, seed: int = 0,
-                     config: LLMConfig | None = None) -> tuple[LLM, MolmoTokenizer, dict]:
-    """Train the tiny LLM on the course corpus; returns model, tokenizer and a report (held-out loss before/after,
-    samples before/after)."""
+                     config: LLMConfig | None = None, kinds: tuple[str, ...] = KINDS
+                     ) -> tuple[LLM, MolmoTokenizer, dict]:
+    """Train the tiny LLM on the course corpus (its line ``kinds``); returns model, tokenizer and a report (held-out
+    loss before/after, samples before/after)."""
     torch.manual_seed(seed)
     tokenizer = MolmoTokenizer.tiny()
     config = config or LLM_PRESETS["tiny"]
-    train = pack_lines(tokenizer, course_corpus(n_lines, seed=seed), seq_len)
-    heldout = pack_lines(tokenizer, course_corpus(1000, seed=seed + 10_000), seq_len)
+    train = pack_lines(tokenizer, course_corpus(n_lines, seed=seed, kinds=kinds), seq_len)
+    heldout = pack_lines(tokenizer, course_corpus(1000, seed=seed + 10_000, kinds=kinds), seq_len)
     model = LLM(config)
     report = {"heldout_loss_before": evaluate_loss(model, heldout),
               "samples_before": complete(model, tokenizer, SAMPLE_PROMPTS)}
@@ -108,11 +109,14 @@ def pretrain_tiny_lm(steps: int = 400, seq_len: int = 128, n_lines: int = 20000,
     return model, tokenizer, report
 
 
-def tiny_lm(directory: Path | None = None, steps: int = 400) -> LLM:
-    """The tiny pretrained LLM of chapter 04: loaded from ``directory`` (default checkpoints/tiny_lm), or trained and
-    saved there first if it is missing (a minute or two on a laptop CPU)."""
-    directory = Path(directory or CHECKPOINT_DIR / "tiny_lm")
+def tiny_lm(directory: Path | None = None, steps: int = 400, kinds: tuple[str, ...] = KINDS) -> LLM:
+    """The tiny pretrained LLM of chapter 04: loaded from ``directory`` (default checkpoints/tiny_lm, or
+    checkpoints/tiny_lm_<kinds> for a corpus of fewer line kinds), or trained and saved there first if it is missing
+    (a minute or two on a laptop CPU)."""
+    kinds = tuple(k for k in KINDS if k in kinds)
+    default = "tiny_lm" if kinds == KINDS else "tiny_lm_" + "-".join(kinds)
+    directory = Path(directory or CHECKPOINT_DIR / default)
     if not (directory / "model.safetensors").exists():
-        model, _, _ = pretrain_tiny_lm(steps=steps)
+        model, _, _ = pretrain_tiny_lm(steps=steps, kinds=kinds)
         save_llm(model, directory)
     return load_llm(directory)

@@ -506,7 +506,7 @@ def _sources(config: TrainConfig, split: str, n: int, cache_dir: str | Path | No
     from functools import partial
 
     from .data import clocks, docs, synthetic
-    from .data.examples import split_seed
+    from .data.examples import examples_of
 
     seed, size = config.seed, config.image_size
     if config.data not in ("pool", "fresh"):
@@ -533,8 +533,7 @@ def _sources(config: TrainConfig, split: str, n: int, cache_dir: str | Path | No
     else:  # a pool per source, drawn from the split's own stream (the old pools, example for example)
         sources = {}
         for name, make in generators.items():
-            rng = np.random.default_rng(split_seed(seed, split))
-            sources[name] = [make(rng) for _ in range(sizes.get(name, n))]
+            sources[name] = examples_of(make, sizes.get(name, n), seed, split)
     if config.stage == "sft":
         n_docs = max(1, n // 4)
         sources.update(charts=docs.chart_examples(n_docs, seed, split, cache_dir=cache_dir),
@@ -569,6 +568,21 @@ def curriculum_phases(name: str, rates: Mapping[str, float]) -> tuple[tuple[floa
                  for until, phase in CURRICULA[name])
 
 
+def override_rates(rates: Mapping[str, float], overrides: Mapping[str, float]) -> dict[str, float]:
+    """``rates`` (summing to 1) with the sources in ``overrides`` set to those rates and every other source scaled
+    by one factor so that all still sum to 1 (e.g. {"pointing": 0.6}: pointing 60% instead of Molmo's 35%, the rest
+    of the mixture in its own proportions)."""
+    unknown = sorted(set(overrides) - set(rates))
+    if unknown:
+        raise ValueError(f"rates name unknown sources {unknown}; sources: {sorted(rates)}")
+    fixed = sum(overrides.values())
+    if any(r < 0 for r in overrides.values()) or fixed > 1 + 1e-9:
+        raise ValueError(f"override rates must be >= 0 and sum to at most 1, got {dict(overrides)}")
+    rest = sum(r for k, r in rates.items() if k not in overrides)
+    scale = (1 - fixed) / rest if rest > 0 else 0.0
+    return {k: float(overrides[k]) if k in overrides else r * scale for k, r in rates.items()}
+
+
 def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
                cache_dir: str | Path | None = None) -> StageData:
     """The synthetic training sources of a stage: "caption" -> dense captions + transcripts; "sft" -> pointing and
@@ -583,6 +597,7 @@ def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
     sizes = {k: (max(1, n // 4) if k == "captions" else n) if callable(v) else len(v) for k, v in sources.items()}
     rates = mixture_rates({k: v for k, v in sizes.items() if not k.startswith("pointing_")}, SFT_GROUPS)
     rates.update({k: 0.0 for k in sources if k.startswith("pointing_")})
+    rates = override_rates(rates, dict(config.rates))
     phases = curriculum_phases(config.curriculum, rates) if config.curriculum != "none" else ()
     return StageData(sources, rates, phases, steps=config.steps, nominal=n)
 
@@ -593,11 +608,12 @@ def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
 
 
 def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None,
-               preprocessor: Mapping[str, Any] | None = None) -> MolmoLite:
+               preprocessor: Mapping[str, Any] | None = None, lm_kinds: Sequence[str] | None = None) -> MolmoLite:
     """The tiny Molmo as Molmo starts: the CLIP-pretrained tiny ViT (chapter 02) and the pretrained tiny LM
     (chapter 04), loaded from checkpoints/ or trained first if missing, and a fresh connector. connector: fields of
     the tiny ConnectorConfig to change (e.g. {"feature_norm": 0, "init_scale": 1.0}, Molmo's own connector);
-    preprocessor: fields of the tiny PreprocessorConfig to change (e.g. {"overlap_margins": (0, 0)})."""
+    preprocessor: fields of the tiny PreprocessorConfig to change (e.g. {"overlap_margins": (0, 0)}); lm_kinds: the
+    LM pre-trained on only these kinds of corpus lines (molmo_lite.data.corpus.KINDS; default all of them)."""
     from dataclasses import replace
 
     from .clip_pretrain import tiny_encoder
@@ -609,7 +625,8 @@ def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None,
         config = replace(config, connector=replace(config.connector, **connector))
     if preprocessor:
         config = replace(config, preprocessor=replace(config.preprocessor, **preprocessor))
-    vision, llm = tiny_encoder(), tiny_lm()
+    vision = tiny_encoder()
+    llm = tiny_lm() if lm_kinds is None else tiny_lm(kinds=tuple(lm_kinds))
     torch.manual_seed(seed)
     return MolmoLite.from_parts(config, vision=vision, llm=llm)
 

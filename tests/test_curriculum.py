@@ -156,3 +156,21 @@ def test_every_recipe_builds_its_model_options_and_stage_configs(capsys):
     recipes.main([])
     listed = capsys.readouterr().out
     assert all(name in listed for name in recipes.RECIPES)
+
+
+def test_rate_overrides_set_their_sources_and_keep_the_rest_in_proportion():
+    from molmo_lite.train import override_rates
+
+    base = {"pointing": 0.35, "clocks": 0.25, "charts": 0.4}
+    rates = override_rates(base, {"pointing": 0.6})
+    assert rates["pointing"] == pytest.approx(0.6) and sum(rates.values()) == pytest.approx(1.0)
+    assert rates["clocks"] / rates["charts"] == pytest.approx(0.25 / 0.4)
+    assert override_rates(base, {}) == base
+    with pytest.raises(ValueError, match="unknown sources"):
+        override_rates(base, {"nope": 0.1})
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        override_rates(base, {"pointing": 0.7, "clocks": 0.5})
+    config = TrainConfig(stage="sft", steps=100, data="fresh", examples=8, rates=(("pointing", 0.6),))
+    assert stage_data(config).rates_at(0)["pointing"] == pytest.approx(0.6)
+    curriculum = stage_data(replace(config, curriculum="objects"))  # the curriculum moves the overridden share
+    assert sum(v for k, v in curriculum.rates_at(99).items() if k.startswith("pointing")) == pytest.approx(0.6)

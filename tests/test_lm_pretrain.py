@@ -53,3 +53,29 @@ def test_tiny_lm_is_rebuilt_when_missing(tmp_path, monkeypatch):
     first = lm_pretrain.tiny_lm(tmp_path / "lm", steps=3)
     second = lm_pretrain.tiny_lm(tmp_path / "lm", steps=3)
     assert calls == [3] and first.config == second.config == SMALL
+
+
+def test_corpus_kinds_select_line_kinds_and_all_kinds_is_the_chapter_04_corpus():
+    from molmo_lite.data.corpus import KINDS, course_corpus
+
+    assert course_corpus(60, seed=3, kinds=KINDS) == course_corpus(60, seed=3)
+    text_only = course_corpus(300, seed=3, kinds=("caption", "qa", "clock"))
+    assert not any("<point" in line or "There are none" in line for line in text_only)
+    assert any("<point" in line for line in course_corpus(300, seed=3))
+    import pytest
+
+    with pytest.raises(ValueError, match="subset"):
+        course_corpus(5, kinds=("pictures",))
+
+
+def test_tiny_lm_of_fewer_kinds_has_its_own_checkpoint_folder(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_pretrain(steps, **kwargs):
+        seen.append(kwargs["kinds"])
+        return LLM(SMALL), MolmoTokenizer.tiny(), {}
+
+    monkeypatch.setattr(lm_pretrain, "pretrain_tiny_lm", fake_pretrain)
+    monkeypatch.setattr(lm_pretrain, "CHECKPOINT_DIR", tmp_path)
+    lm_pretrain.tiny_lm(kinds=("qa", "caption"))
+    assert seen == [("caption", "qa")] and (tmp_path / "tiny_lm_caption-qa" / "model.safetensors").exists()

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..prompts import Message
 from .corpus import CLOCK_PROMPTS
-from .examples import Example, split_seed
+from .examples import Example, examples_of
 
 RGB = tuple[int, int, int]
 SECONDS_PROBABILITY = 0.2  # share of clocks with a seconds hand, answered "H:MM:SS" (as corpus.clock_line)
@@ -207,8 +207,7 @@ def clock_examples(n: int, seed: int = 0, split: str = "train", size: int = 56,
                    seconds_probability: float = SECONDS_PROBABILITY) -> list[Example]:
     """n ``clock_example`` clocks of the (seed, split) stream. Deterministic: the same (seed, split) gives the same
     examples, and the first k of n are those of n=k."""
-    rng = np.random.default_rng(split_seed(seed, split))
-    return [clock_example(rng, size, seconds_probability) for _ in range(n)]
+    return examples_of(lambda rng: clock_example(rng, size, seconds_probability), n, seed, split)
 
 
 # --------------------------------------------------------------------------------------------------------------------

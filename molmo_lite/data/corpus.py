@@ -37,13 +37,20 @@ CLOCK_PROMPTS = ("What time is shown?", "What time does the clock show?", "What 
                  "Read the time on the clock.")
 
 
-def course_corpus(n: int = 20000, seed: int = 0) -> list[str]:
-    """n deterministic lines of course text (captions, prompts, pointing and counting answers, QA, clock times)."""
+def course_corpus(n: int = 20000, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> list[str]:
+    """n deterministic lines of course text (captions, prompts, pointing and counting answers, QA, clock times).
+    kinds: the KINDS to write, at their KIND_WEIGHTS renormalised (all of them: the chapter 04 corpus; without
+    "pointing" and "counting": an LM that has never seen the point format, as Qwen2 had not before Molmo)."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
     rng = np.random.default_rng(seed)
     makers = {"caption": caption_line, "pointing": pointing_line, "counting": counting_line, "qa": qa_line,
               "clock": clock_line}
-    kinds = rng.choice(len(KINDS), size=n, p=KIND_WEIGHTS)
-    return [makers[KINDS[k]](rng) for k in kinds]
+    names = [k for k in KINDS if k in kinds]
+    weights = np.array([w for k, w in zip(KINDS, KIND_WEIGHTS) if k in kinds])
+    picks = rng.choice(len(names), size=n, p=weights / weights.sum())
+    return [makers[names[k]](rng) for k in picks]
 
 
 # --------------------------------------------------------------------------------------------------------------------

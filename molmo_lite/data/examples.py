@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,3 +43,10 @@ def split_seed(seed: int, split: str) -> np.random.SeedSequence:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split),))
+
+
+def examples_of(make: Callable[[np.random.Generator], Example], n: int, seed: int = 0, split: str = "train"
+                ) -> list[Example]:
+    """A pool: n examples of the one-example generator ``make(rng)``, drawn in turn from the split's seed stream."""
+    rng = np.random.default_rng(split_seed(seed, split))
+    return [make(rng) for _ in range(n)]

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from ..pointing import count_to_text, points_to_text
 from ..prompts import Message
-from .examples import Example, split_seed
+from .examples import Example, examples_of
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
@@ -212,8 +212,7 @@ def pointing_example(rng: np.random.Generator, size: int = 56, max_count: int = 
 def pointing_examples(n: int, seed: int = 0, split: str = "train", size: int = 56, max_count: int = 15,
                       max_distractors: int = 6) -> list[Example]:
     """n ``pointing_example`` scenes of the (seed, split) stream (the first k of n are those of n=k)."""
-    rng = np.random.default_rng(split_seed(seed, split))
-    return [pointing_example(rng, size, max_count, max_distractors) for _ in range(n)]
+    return examples_of(lambda rng: pointing_example(rng, size, max_count, max_distractors), n, seed, split)
 
 
 def _a(word: str) -> str:
@@ -284,8 +283,7 @@ def caption_example(rng: np.random.Generator, size: int = 56, max_objects: int =
 def caption_examples(n: int, seed: int = 0, split: str = "train", size: int = 56,
                      max_objects: int = 8) -> list[Example]:
     """n ``caption_example`` scenes of the (seed, split) stream."""
-    rng = np.random.default_rng(split_seed(seed, split))
-    return [caption_example(rng, size, max_objects) for _ in range(n)]
+    return examples_of(lambda rng: caption_example(rng, size, max_objects), n, seed, split)
 
 
 def scene_questions(objects: list[SceneObject], rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -326,5 +324,4 @@ def qa_example(rng: np.random.Generator, size: int = 56, questions: int = 4) -> 
 
 def qa_examples(n: int, seed: int = 0, split: str = "train", size: int = 56, questions: int = 4) -> list[Example]:
     """n ``qa_example`` scenes of the (seed, split) stream."""
-    rng = np.random.default_rng(split_seed(seed, split))
-    return [qa_example(rng, size, questions) for _ in range(n)]
+    return examples_of(lambda rng: qa_example(rng, size, questions), n, seed, split)
