@@ -48,6 +48,9 @@ def readme_table(result: dict) -> str:
     for task, loss in result.get("losses", {}).items():
         lines.append(f"| {task} | answer loss | {loss['true_image_loss']:.3f} | {loss['shuffled_image_loss']:.3f} "
                      f"(x{loss['ratio']:.2f}) | - | shuffled >= 2x | 64 |")
+        if "number_ratio" in loss:  # the values only (coordinates, counts, times): the part the image can decide
+            lines.append(f"| {task} | answer loss, values only | {loss['true_number_loss']:.3f} | "
+                         f"{loss['shuffled_number_loss']:.3f} (x{loss['number_ratio']:.2f}) | - | - | 64 |")
     seconds = result["seconds"]
     parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items() if k != "total")
     lines += ["", f"Wall time {seconds['total'] / 60:.1f} min ({parts}); {result['machine']['cores']}-core "

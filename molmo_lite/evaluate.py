@@ -146,24 +146,55 @@ def shuffled_images(examples: Sequence[Example], shift: int = 1) -> list[Example
 
 def answer_loss(model: MolmoLite, examples: Sequence[Example], task: str, batch_size: int = 16) -> float:
     """Mean cross-entropy per answer token of the task's question (teacher forcing, no packing, no dropout)."""
+    return answer_losses(model, examples, task, batch_size)["all"]
+
+
+def number_tokens(pieces: Sequence[str]) -> list[bool]:
+    """Which of an answer's token strings are the digits of its values -- a point's coordinates, a count, a clock's
+    time -- and not format: a point's index (the "1" of ``x1="``) is format, as are decimal points, tags, quotes and
+    words."""
+    out, index = [], False
+    for piece in pieces:
+        if piece in (" x", " y"):
+            index = True  # the digits that follow number the point, up to '="'
+        elif not piece.isdigit():
+            index = False
+        out.append(piece.isdigit() and not index)
+    return out
+
+
+def answer_losses(model: MolmoLite, examples: Sequence[Example], task: str, batch_size: int = 16
+                  ) -> dict[str, float]:
+    """The answer loss (teacher forcing) split into the tokens of the answer's values (``number_tokens``: the
+    coordinates, the count, the time) and the rest (format: tags, quotes, words). -> {"all", "numbers", "format":
+    mean cross-entropy per token; "number_share": the numbers' share of the summed loss; "tokens", "number_count"}.
+    Of a pointing answer only the numbers can depend on the image; the format is learnt from text alone."""
     import torch
 
     from .data.collate import collate, encode_example
     from .model import answer_loss as loss_of
 
     model.eval()
-    total, count = 0.0, 0
+    sums, counts = {"numbers": 0.0, "format": 0.0}, {"numbers": 0, "format": 0}
     for i in range(0, len(examples), batch_size):
         encoded = [encode_example(Example(ex.image, [[_question(ex, task)]], ex.task, ex.meta), model.processor,
                                   model.tokenizer, None, "none", shuffle=False) for ex in examples[i:i + batch_size]]
         batch = collate(encoded, model.tokenizer.pad_id)
         targets, weights = batch.pop("target_ids"), batch.pop("loss_weights")
         with torch.no_grad():
-            logits = model(**batch).logits
-        tokens = int((weights > 0).sum())
-        total += float(loss_of(logits, targets, weights)[0]) * tokens
-        count += tokens
-    return total / max(count, 1)
+            per_token = loss_of(model(**batch).logits, targets, weights)[1]
+        for row in range(targets.shape[0]):
+            where = (weights[row] > 0).nonzero().flatten().tolist()
+            ids = targets[row, where].tolist()
+            numbers = number_tokens([model.tokenizer.decode([t]) for t in ids])
+            for position, is_number in zip(where, numbers):
+                key = "numbers" if is_number else "format"
+                sums[key] += float(per_token[row, position])
+                counts[key] += 1
+    total, tokens = sums["numbers"] + sums["format"], counts["numbers"] + counts["format"]
+    return {"all": total / max(tokens, 1), "numbers": sums["numbers"] / max(counts["numbers"], 1),
+            "format": sums["format"] / max(counts["format"], 1), "number_share": sums["numbers"] / max(total, 1e-9),
+            "tokens": tokens, "number_count": counts["numbers"]}
 
 
 BLIND_ANSWERS = {"pointing": "There are none.", "counting": "There are none."}
@@ -201,8 +232,12 @@ def controls(model: MolmoLite, sets: dict[str, list[Example]], tasks: Sequence[s
     out = {}
     for task in tasks:
         examples = list(sets[task][:n])
-        true, shuffled = answer_loss(model, examples, task), answer_loss(model, shuffled_images(examples), task)
-        out[task] = {"true_image_loss": true, "shuffled_image_loss": shuffled, "ratio": shuffled / max(true, 1e-9)}
+        true, shuffled = answer_losses(model, examples, task), answer_losses(model, shuffled_images(examples), task)
+        out[task] = {"true_image_loss": true["all"], "shuffled_image_loss": shuffled["all"],
+                     "ratio": shuffled["all"] / max(true["all"], 1e-9),
+                     "true_number_loss": true["numbers"], "shuffled_number_loss": shuffled["numbers"],
+                     "number_ratio": shuffled["numbers"] / max(true["numbers"], 1e-9),
+                     "number_share": true["number_share"], "examples": len(examples)}
     return out
 
 
@@ -246,7 +281,11 @@ def metrics_table(report: dict[str, Any]) -> str:
                 lines.append(f"| {task} | {key} | {value:.3f} | {report['n'][task]} |")
     for task, loss in report.get("losses", {}).items():
         lines.append(f"| {task} | answer loss (ratio {loss['ratio']:.2f}) | {loss['true_image_loss']:.3f} | "
-                     f"{loss['shuffled_image_loss']:.3f} | - | {report['n'].get(task, '-')} |")
+                     f"{loss['shuffled_image_loss']:.3f} | - | {loss.get('examples', '-')} |")
+        if "number_ratio" in loss:  # the values only (coordinates, counts, times): the part the image can decide
+            lines.append(f"| {task} | answer loss, values only (ratio {loss['number_ratio']:.2f}, "
+                         f"{loss['number_share']:.0%} of the loss) | {loss['true_number_loss']:.3f} | "
+                         f"{loss['shuffled_number_loss']:.3f} | - | {loss.get('examples', '-')} |")
     return "\n".join(lines)
 
 

@@ -174,3 +174,29 @@ def test_rate_overrides_set_their_sources_and_keep_the_rest_in_proportion():
     assert stage_data(config).rates_at(0)["pointing"] == pytest.approx(0.6)
     curriculum = stage_data(replace(config, curriculum="objects"))  # the curriculum moves the overridden share
     assert sum(v for k, v in curriculum.rates_at(99).items() if k.startswith("pointing")) == pytest.approx(0.6)
+
+
+def test_number_tokens_are_the_values_of_an_answer_not_its_format():
+    from molmo_lite.evaluate import number_tokens
+
+    pieces = ['<', 'points', ' x', '1', '="', '1', '8', '.', '3', '"', ' y', '1', '="', '6', '8', '"', ' x', '1', '0',
+              '="', '5', '"', ' alt', '="', 'red', '">', 'red', '</', 'points', '>', ' shows', ' a', ' total', ' of',
+              ' ', '5', '.', ' ', '3', ':', '2', '8']
+    flags = number_tokens(pieces)
+    values = [p for p, f in zip(pieces, flags) if f]
+    assert values == ['1', '8', '3', '6', '8', '5', '5', '3', '2', '8']  # the digits of 18.3, 68, 5, 5, 3:28
+    assert not flags[3] and not flags[17] and not flags[18]  # the indices of x1 and x10
+
+
+def test_answer_losses_split_the_answer_loss_into_values_and_format():
+    from molmo_lite.evaluate import answer_loss, answer_losses
+
+    torch.manual_seed(0)
+    model = MolmoLite("tiny")
+    scenes = synthetic.pointing_examples(6, 0, "heldout", 56, max_count=4)
+    parts = answer_losses(model, scenes, "pointing", batch_size=4)
+    assert parts["all"] == pytest.approx(answer_loss(model, scenes, "pointing"), rel=1e-5)
+    n, k = parts["tokens"], parts["number_count"]
+    assert 0 < k < n
+    assert parts["all"] * n == pytest.approx(parts["numbers"] * k + parts["format"] * (n - k), rel=1e-5)
+    assert parts["number_share"] == pytest.approx(parts["numbers"] * k / (parts["all"] * n), rel=1e-5)
