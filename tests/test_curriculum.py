@@ -195,7 +195,21 @@ def test_answer_losses_split_the_answer_loss_into_values_and_format():
     model = MolmoLite("tiny")
     scenes = synthetic.pointing_examples(6, 0, "heldout", 56, max_count=4)
     parts = answer_losses(model, scenes, "pointing", batch_size=4)
-    assert parts["all"] == pytest.approx(answer_loss(model, scenes, "pointing"), rel=1e-5)
+    from molmo_lite.data.collate import collate, encode_example
+    from molmo_lite.evaluate import _question
+    from molmo_lite.model import answer_loss as loss_of
+
+    total = count = 0.0  # the reference: Molmo's scalar loss of each example alone, weighted by its answer tokens
+    for ex in scenes:
+        encoded = encode_example(Example(ex.image, [[_question(ex, "pointing")]], ex.task, ex.meta), model.processor,
+                                 model.tokenizer, None, "none", shuffle=False)
+        batch = collate([encoded], model.tokenizer.pad_id)
+        targets, weights = batch.pop("target_ids"), batch.pop("loss_weights")
+        with torch.no_grad():
+            total += float(loss_of(model(**batch).logits, targets, weights)[0]) * int((weights > 0).sum())
+        count += int((weights > 0).sum())
+    assert parts["all"] == pytest.approx(total / count, rel=1e-4)
+    assert answer_loss(model, scenes, "pointing") == pytest.approx(parts["all"], rel=1e-5)  # batching changes nothing
     n, k = parts["tokens"], parts["number_count"]
     assert 0 < k < n
     assert parts["all"] * n == pytest.approx(parts["numbers"] * k + parts["format"] * (n - k), rel=1e-5)
