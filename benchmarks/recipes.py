@@ -82,6 +82,11 @@ RECIPES: dict[str, Recipe] = {
                               "QA and clock lines only): it meets the point format in stage 2, as Qwen2 did",
                               COURSE_CONNECTOR, dict(V0_CAPTION, data="fresh", **FAST_LRS),
                               dict(V0_SFT, data="fresh", **FAST_LRS), lm_kinds=("caption", "qa", "clock")),
+    "v7-curriculum-mixed": Recipe("v2 + curriculum 'objects-mixed' (a third of the steps single objects only, a third "
+                                  "1-3 among 0-3 with some single objects, then the held-out scenes with both easy "
+                                  "kinds kept at half the pointing group)", COURSE_CONNECTOR,
+                                  dict(V0_CAPTION, data="fresh", **FAST_LRS),
+                                  dict(V0_SFT, data="fresh", curriculum="objects-mixed", **FAST_LRS)),
 }
 
 

@@ -556,6 +556,11 @@ CURRICULA = {
     "objects": ((0.5, {"pointing_one": 1.0, "pointing_few": 0.0, "pointing": 0.0, **_REST}),
                 (0.75, {"pointing_one": 0.2, "pointing_few": 0.8, "pointing": 0.0}),
                 (1.0, {"pointing_one": 0.0, "pointing_few": 0.3, "pointing": 0.7})),
+    # "objects-mixed": the same start, shorter (a third of the steps), then the easy scenes stay in the pointing group
+    # to the end, so that what the single-object phase learnt keeps being asked for.
+    "objects-mixed": ((1 / 3, {"pointing_one": 1.0, "pointing_few": 0.0, "pointing": 0.0, **_REST}),
+                      (2 / 3, {"pointing_one": 0.3, "pointing_few": 0.7, "pointing": 0.0}),
+                      (1.0, {"pointing_one": 0.15, "pointing_few": 0.35, "pointing": 0.5})),
 }
 
 

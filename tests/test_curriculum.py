@@ -214,3 +214,13 @@ def test_answer_losses_split_the_answer_loss_into_values_and_format():
     assert 0 < k < n
     assert parts["all"] * n == pytest.approx(parts["numbers"] * k + parts["format"] * (n - k), rel=1e-5)
     assert parts["number_share"] == pytest.approx(parts["numbers"] * k / (parts["all"] * n), rel=1e-5)
+
+
+def test_the_mixed_curriculum_keeps_the_easy_scenes_to_the_end():
+    config = TrainConfig(stage="sft", steps=90, data="fresh", curriculum="objects-mixed", examples=8)
+    data = stage_data(config)
+    start, middle, end = data.rates_at(0), data.rates_at(45), data.rates_at(89)
+    assert start["pointing_one"] == pytest.approx(1.0)
+    assert middle["pointing_few"] > middle["pointing_one"] > 0 and middle["pointing"] == 0
+    assert end["pointing"] > end["pointing_few"] > end["pointing_one"] > 0
+    assert sum(v for k, v in end.items() if k.startswith("pointing")) == pytest.approx(0.35)
