@@ -321,6 +321,7 @@ class TrainConfig:
     examples: int = 4000  # synthetic training examples generated per dataset (tiny presets, data "pool")
     data: str = "pool"  # "pool": `examples` per dataset, drawn with replacement; "fresh": a new example at every draw
     sort_by_length: bool = False  # micro-batches of a step from its examples sorted by length (less padding)
+    pack_examples: bool = False  # several examples per row, each attending to itself (data.collate.collate_packed)
     curriculum: str = "none"  # stage 2: a molmo_lite.train.CURRICULA name ("objects": one object first)
     rates: tuple[tuple[str, float], ...] = ()  # stage 2: ((source, rate), ...) set; the other sources fill the rest
     image_size: int = 56  # side of the synthetic scenes and clocks

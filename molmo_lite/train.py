@@ -40,7 +40,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import TrainConfig
-from .data.collate import collate, encode_example, mixture_rates
+from .data.collate import collate, collate_packed, encode_example, mixture_rates
 from .data.examples import Example
 from .device import autocast_dtype
 from .model import MolmoLite, answer_loss
@@ -193,7 +193,8 @@ def step_batches(data: StageData, model: MolmoLite, config: TrainConfig, step: i
     if config.sort_by_length:  # fewer padding tokens per micro-batch; the step's gradient is the same
         encoded = sorted(encoded, key=lambda e: len(e[0].input_ids))
     size = config.batch_size
-    return [collate(encoded[i:i + size], model.tokenizer.pad_id) for i in range(0, len(encoded), size)]
+    join = collate_packed if config.pack_examples else collate  # packed: the same gradient, fewer padding tokens
+    return [join(encoded[i:i + size], model.tokenizer.pad_id) for i in range(0, len(encoded), size)]
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:

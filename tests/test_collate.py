@@ -12,9 +12,11 @@ from molmo_lite.data.collate import (
     ExampleDataset,
     MixtureSampler,
     collate,
+    collate_packed,
     encode_example,
     mixture_loader,
     mixture_rates,
+    pack_rows,
     unpack,
 )
 from molmo_lite.data.synthetic import qa_examples
@@ -93,3 +95,34 @@ def test_loader_with_workers_gives_the_same_batches_as_without(tiny_parts):
     assert len(batches[0]) == 3
     for x, y in zip(*batches):
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_pack_rows_is_first_fit_decreasing_within_the_budget():
+    assert pack_rows([5, 3, 4, 2], budget=7) == [[0, 3], [2, 1]]  # 5+2 and 4+3, longest first
+    assert pack_rows([9, 2, 2], budget=7) == [[0], [1, 2]]  # too long for the budget: a row of its own
+    lengths = [int(n) for n in np.random.default_rng(0).integers(1, 40, size=30)]
+    rows = pack_rows(lengths, budget=50)
+    assert sorted(i for row in rows for i in row) == list(range(30))
+    assert all(sum(lengths[i] for i in row) <= 50 for row in rows)
+
+
+def test_collate_packed_puts_several_examples_in_a_row_each_seeing_only_itself():
+    from molmo_lite.prompts import subsegment_mask
+
+    tok = CharTokenizer()
+    processor = MolmoImageProcessor.from_config("tiny")
+    small, wide = processor(np.zeros((40, 40, 3), np.uint8)), processor(np.full((50, 160, 3), 9, np.uint8))
+    a = pack(tok, [[("Q", "a")], [("R", "bb")]], small.tokens)  # two annotations of one image
+    b = pack(tok, [[("Q", "a much longer answer")]], wide.tokens)
+    c = pack(tok, [[("Q", "a")]])  # text only
+    batch = collate_packed([(a, small), (b, wide), (c, None)], pad_id=0)
+    assert batch["input_ids"].shape[0] == 2 and batch["input_ids"].shape[1] == len(b)  # b alone, then a + c
+    row = batch["input_ids"][1, : len(a) + len(c)]
+    assert torch.equal(row, torch.cat([a.input_ids, c.input_ids]))
+    # the images follow reading order: b's crops (row 0) before a's (row 1)
+    assert torch.equal(batch["crops"][: wide.num_crops], collate([(b, wide)], 0)["crops"])
+    allowed = subsegment_mask(batch["subsegment_ids"][1:], batch["attention_mask"][1:])[0]
+    n = len(a)
+    assert torch.equal(allowed[:n, :n], subsegment_mask(a.subsegment_ids[None])[0])  # a's own rule unchanged
+    causal = torch.ones(len(a) + len(c), len(a) + len(c)).tril().bool()
+    assert not (allowed[n:len(a) + len(c), :n] & causal[n:, :n]).any()  # c never sees a

@@ -10,7 +10,7 @@ import torch
 
 from molmo_lite.config import TrainConfig
 from molmo_lite.evaluate import evaluate, heldout_sets, metrics_table
-from molmo_lite.model import MolmoLite
+from molmo_lite.model import MolmoLite, answer_loss
 from molmo_lite.train import (
     NonFiniteLossError,
     StageData,
@@ -86,6 +86,29 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_data):
         trainer.train_step(0)
         grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_packed_rows_give_the_padded_batch_loss_and_gradient_with_fewer_padding_tokens(tiny_data):
+    """Several examples per row (pack_examples): the loss and the gradient are those of the padded batch, in fewer
+    rows (attention leaking from one example to the next would change both)."""
+    model = _fresh_model(0)
+    padded, packed = (step_batches(tiny_data, model, _config(batch_size=8, grad_accum=1, pack_examples=p), 1)[0]
+                      for p in (False, True))
+    assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]
+    assert packed["attention_mask"].sum() == padded["attention_mask"].sum()
+    results = []
+    for batch in (padded, packed):
+        model.zero_grad(set_to_none=True)
+        batch = dict(batch)
+        targets, weights = batch.pop("target_ids"), batch.pop("loss_weights")
+        logits = model(**batch).logits
+        loss = answer_loss(logits, targets, weights, model.config.z_loss)[0]
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()
+                                                  if p.grad is not None])))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)  # a leak across examples would change it
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-4, atol=1e-6)
 
 
 def test_step_batches_are_a_function_of_the_step(tiny_data):
