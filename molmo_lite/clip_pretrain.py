@@ -146,29 +146,49 @@ def load_encoder(directory: Path) -> VisionTransformer:
     return load_weights(VisionTransformer(read_config(directory, "vision", VisionConfig)), directory)
 
 
+# The pre-training images of the tiny ViT. "simple": chapter 02's (1-3 solid shapes of radius 7-13% of the side);
+# "crowded": half of them those, half 4-8 textured shapes of radius 4-8%, the objects of chapter 07's crowded
+# pointing scenes (radius 4-6% above ten objects), still one per 3x3 region so that a caption names each one.
+ENCODER_SCENES = {"simple": [{}], "crowded": [{}, dict(min_objects=4, max_objects=8, radius=(4, 8), textured=True)]}
+
+
+def scene_pairs(n: int, seed: int, size: int, scenes: str = "simple") -> tuple[np.ndarray, list[str]]:
+    """n (image, caption) pairs, an equal share from each kind of ``ENCODER_SCENES[scenes]`` (seeded per kind)."""
+    kinds = ENCODER_SCENES[scenes]
+    parts = [caption_scenes(n // len(kinds) + (i < n % len(kinds)), seed=seed + 1000 * i, size=size, **kind)
+             for i, kind in enumerate(kinds)]
+    return np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]]
+
+
 def pretrain_tiny_encoder(steps: int = 600, n_train: int = 6000, n_heldout: int = 256, seed: int = 0,
-                          config: VisionConfig | None = None) -> tuple[TinyCLIP, dict]:
-    """Train the tiny ViT as a CLIP on seeded synthetic pairs; returns the model and a report (accuracies, losses)."""
+                          config: VisionConfig | None = None, scenes: str = "simple") -> tuple[TinyCLIP, dict]:
+    """Train the tiny ViT as a CLIP on seeded synthetic pairs; returns the model and a report (accuracies, losses).
+    scenes: a name of ``ENCODER_SCENES``."""
     torch.manual_seed(seed)
     config = config or VISION_PRESETS["tiny"]
-    train_images, train_captions = caption_scenes(n_train, seed=seed, size=config.image_size)
-    test_images, test_captions = caption_scenes(n_heldout, seed=seed + 10_000, size=config.image_size)
+    train_images, train_captions = scene_pairs(n_train, seed, config.image_size, scenes)
+    test_images, test_captions = scene_pairs(n_heldout, seed + 10_000, config.image_size, scenes)
     train_x, test_x = to_model_input(train_images), to_model_input(test_images)
-    model = TinyCLIP(VisionTransformer(config), WordTokenizer.for_scenes())
+    longest = max(len(re.findall(r"[a-z]+", c)) for c in train_captions + test_captions)
+    tokenizer = WordTokenizer.for_scenes()
+    tokenizer.max_len = max(tokenizer.max_len, longest)
+    model = TinyCLIP(VisionTransformer(config), tokenizer)
     before = retrieval_accuracy(model, test_x, test_captions)
     history = train_clip(model, train_x, train_captions, steps=steps, seed=seed)
     after = retrieval_accuracy(model, test_x, test_captions)
     report = {"heldout_pairs": n_heldout, "chance": 1 / n_heldout, "accuracy_before": before,
-              "accuracy_after": after, "steps": steps, "history": history}
+              "accuracy_after": after, "steps": steps, "scenes": scenes, "history": history}
     return model, report
 
 
-def tiny_encoder(directory: Path | None = None, steps: int = 600) -> VisionTransformer:
-    """The tiny pretrained ViT of chapter 02: loaded from ``directory`` (default checkpoints/tiny_vit), or trained and
-    saved there first if it is missing (a few minutes on a laptop CPU)."""
-    directory = Path(directory or CHECKPOINT_DIR / "tiny_vit")
+def tiny_encoder(directory: Path | None = None, steps: int = 600, scenes: str = "simple") -> VisionTransformer:
+    """The tiny pretrained ViT of chapter 02: loaded from ``directory`` (default checkpoints/tiny_vit, or
+    checkpoints/tiny_vit_crowded_1200steps for scenes="crowded", steps=1200), or trained and saved there first if it is missing (a few
+    minutes on a laptop CPU)."""
+    name = "tiny_vit" + ("" if scenes == "simple" else f"_{scenes}") + ("" if steps == 600 else f"_{steps}steps")
+    directory = Path(directory or CHECKPOINT_DIR / name)
     if not (directory / "model.safetensors").exists():
-        model, report = pretrain_tiny_encoder(steps=steps)
+        model, report = pretrain_tiny_encoder(steps=steps, scenes=scenes)
         report.pop("history")
         save_encoder(model.vision, directory, extra={"clip_pretraining": report})
     return load_encoder(directory)

@@ -614,12 +614,14 @@ def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
 
 
 def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None,
-               preprocessor: Mapping[str, Any] | None = None, lm_kinds: Sequence[str] | None = None) -> MolmoLite:
+               preprocessor: Mapping[str, Any] | None = None, lm_kinds: Sequence[str] | None = None,
+               vit_scenes: str = "simple", vit_steps: int = 600) -> MolmoLite:
     """The tiny Molmo as Molmo starts: the CLIP-pretrained tiny ViT (chapter 02) and the pretrained tiny LM
     (chapter 04), loaded from checkpoints/ or trained first if missing, and a fresh connector. connector: fields of
     the tiny ConnectorConfig to change (e.g. {"feature_norm": 0, "init_scale": 1.0}, Molmo's own connector);
     preprocessor: fields of the tiny PreprocessorConfig to change (e.g. {"overlap_margins": (0, 0)}); lm_kinds: the
-    LM pre-trained on only these kinds of corpus lines (molmo_lite.data.corpus.KINDS; default all of them)."""
+    LM pre-trained on only these kinds of corpus lines (molmo_lite.data.corpus.KINDS; default all of them);
+    vit_scenes / vit_steps: the tiny CLIP's pre-training images (clip_pretrain.ENCODER_SCENES) and steps."""
     from dataclasses import replace
 
     from .clip_pretrain import tiny_encoder
@@ -631,7 +633,7 @@ def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None,
         config = replace(config, connector=replace(config.connector, **connector))
     if preprocessor:
         config = replace(config, preprocessor=replace(config.preprocessor, **preprocessor))
-    vision = tiny_encoder()
+    vision = tiny_encoder() if vit_scenes == "simple" else tiny_encoder(steps=vit_steps, scenes=vit_scenes)
     llm = tiny_lm() if lm_kinds is None else tiny_lm(kinds=tuple(lm_kinds))
     torch.manual_seed(seed)
     return MolmoLite.from_parts(config, vision=vision, llm=llm)

@@ -42,19 +42,22 @@ class SceneObject:
         return "centre" if (row, col) == ("middle", "centre") else f"{row} {col}" if row != "middle" else f"middle {col}"
 
 
-def random_scene(rng: np.random.Generator, max_objects: int = 3, min_objects: int = 1) -> list[SceneObject]:
-    """1..max_objects shapes of distinct (shape, colour), each in a different 3x3 region so captions are unambiguous."""
+def random_scene(rng: np.random.Generator, max_objects: int = 3, min_objects: int = 1,
+                 radius: tuple[float, float] = (7, 13), textured: bool = False) -> list[SceneObject]:
+    """min..max_objects shapes of distinct (shape, colour), each in a different 3x3 region so captions are
+    unambiguous; radius in percent of the side; textured: each a random texture (as in the pointing scenes)."""
     n = int(rng.integers(min_objects, max_objects + 1))
     regions = rng.permutation(9)[:n]
     kinds = rng.permutation(len(SHAPES) * len(COLOURS))[:n]
     objects = []
     for region, kind in zip(regions, kinds):
         row, col = divmod(int(region), 3)
-        radius = float(rng.uniform(7, 13))
+        r = float(rng.uniform(*radius))
         x = (col + rng.uniform(0.3, 0.7)) * 100 / 3
         y = (row + rng.uniform(0.3, 0.7)) * 100 / 3
+        texture = str(rng.choice(TEXTURES)) if textured else "solid"
         objects.append(SceneObject(SHAPES[kind % len(SHAPES)], list(COLOURS)[kind // len(SHAPES)], round(x, 1),
-                                   round(y, 1), round(radius, 1)))
+                                   round(y, 1), round(r, 1), texture))
     return objects
 
 
@@ -94,12 +97,14 @@ def caption_scene(objects: list[SceneObject]) -> str:
     return " and ".join(parts)
 
 
-def caption_scenes(n: int, seed: int, size: int = 56, max_objects: int = 3) -> tuple[np.ndarray, list[str]]:
-    """n seeded (image, caption) pairs: uint8 images [n, size, size, 3] and their captions."""
+def caption_scenes(n: int, seed: int, size: int = 56, max_objects: int = 3, min_objects: int = 1,
+                   radius: tuple[float, float] = (7, 13), textured: bool = False) -> tuple[np.ndarray, list[str]]:
+    """n seeded (image, caption) pairs: uint8 images [n, size, size, 3] and their captions (``random_scene``'s
+    options: the defaults are chapter 02's; (4, 8), 4 to 8 objects, textured: the small objects of crowded scenes)."""
     rng = np.random.default_rng(seed)
     images, captions = [], []
     for _ in range(n):
-        objects = random_scene(rng, max_objects=max_objects)
+        objects = random_scene(rng, max_objects, min_objects, radius, textured)
         images.append(render_scene(objects, size=size, rng=rng))
         captions.append(caption_scene(objects))
     return np.stack(images), captions
