@@ -56,6 +56,9 @@ class Recipe:
     vit_steps: int = 600  # and its steps
 
 
+PACKED_CAPTION = dict(V0_CAPTION, data="fresh", pack_examples=True, **FAST_LRS)  # v8's stages
+PACKED_SFT = dict(V0_SFT, data="fresh", pack_examples=True, **FAST_LRS)
+
 RECIPES: dict[str, Recipe] = {
     "v0-course": Recipe("make run before issue 14: pools of 3000 images, Molmo's connector as is",
                         MOLMO_CONNECTOR, V0_CAPTION, V0_SFT),
@@ -91,12 +94,11 @@ RECIPES: dict[str, Recipe] = {
                                   dict(V0_SFT, data="fresh", curriculum="objects-mixed", **FAST_LRS)),
     "v8-packed": Recipe("v2 + several examples per row, each attending only to itself (rows as long as the "
                         "longest example): the same gradient per step with far fewer padding tokens, so more steps",
-                        COURSE_CONNECTOR, dict(V0_CAPTION, data="fresh", pack_examples=True, **FAST_LRS),
-                        dict(V0_SFT, data="fresh", pack_examples=True, **FAST_LRS)),
-    "v9-vit-crowded": Recipe("v2 + a tiny CLIP pre-trained for 1200 steps on half chapter 02's scenes, half 4-8 small "
+                        COURSE_CONNECTOR, PACKED_CAPTION, PACKED_SFT),
+    "v9-vit-crowded": Recipe("v8 + a tiny CLIP pre-trained for 1200 steps on half chapter 02's scenes, half 4-8 small "
                              "textured objects (radius 4-8% of the side, the crowded scenes' sizes) instead of 600 steps "
-                             "on 1-3 large ones", COURSE_CONNECTOR, dict(V0_CAPTION, data="fresh", **FAST_LRS),
-                             dict(V0_SFT, data="fresh", **FAST_LRS), vit_scenes="crowded", vit_steps=1200),
+                             "on 1-3 large ones", COURSE_CONNECTOR, PACKED_CAPTION, PACKED_SFT,
+                             vit_scenes="crowded", vit_steps=1200),
 }
 
 

@@ -77,3 +77,15 @@ def test_tiny_encoder_is_rebuilt_when_missing(tmp_path, monkeypatch):
     second = clip_pretrain.tiny_encoder(tmp_path / "vit", steps=7)  # now loaded, not retrained
     assert calls == [7]
     assert first.config == second.config == SMALL
+
+
+def test_crowded_encoder_scenes_are_half_small_textured_objects_all_named_in_the_caption():
+    images, captions = clip_pretrain.scene_pairs(10, seed=0, size=28, scenes="crowded")
+    simple_images, simple_captions = clip_pretrain.scene_pairs(5, seed=0, size=28, scenes="simple")
+    assert images.shape == (10, 28, 28, 3)
+    assert captions[:5] == simple_captions and np.array_equal(images[:5], simple_images)  # the first half: chapter 02's
+    for caption in captions[5:]:
+        assert 4 <= caption.count(" at the ") <= 8  # 4-8 objects, each named with its place
+    objects = random_scene(np.random.default_rng(0), max_objects=8, min_objects=8, radius=(4, 8), textured=True)
+    assert all(4 <= o.radius <= 8 for o in objects) and len({o.region for o in objects}) == 8
+    assert len({o.texture for o in objects}) > 1
