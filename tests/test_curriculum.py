@@ -144,6 +144,7 @@ def test_a_short_training_on_a_few_images_reads_them(tmp_path):
 
 def test_every_recipe_builds_its_model_options_and_stage_configs(capsys):
     from benchmarks import recipes
+    from molmo_lite.clip_pretrain import ENCODER_SCENES
     from molmo_lite.config import ConnectorConfig, PreprocessorConfig
 
     for name, recipe in recipes.RECIPES.items():
@@ -153,6 +154,7 @@ def test_every_recipe_builds_its_model_options_and_stage_configs(capsys):
             config = TrainConfig(**getattr(recipe, stage), steps=10)
             assert config.stage == stage, name
         assert 0 < recipe.caption_share < 1
+        assert recipe.vit_scenes in ENCODER_SCENES, name
     recipes.main([])
     listed = capsys.readouterr().out
     assert all(name in listed for name in recipes.RECIPES)
