@@ -40,28 +40,26 @@ def run(steps: int = 12, out: Path = OUT) -> dict:
     for name, packed in (("padded", False), ("packed", True)):
         config = replace(base, pack_examples=packed)
         trainers[name] = Trainer(copy.deepcopy(model), config, data, "/nonexistent", progress=False)
-        stats[name] = {"seconds": [], "losses": [], "real_tokens": 0, "timed_tokens": 0, "computed_tokens": 0,
-                       "rows": 0}
+        stats[name] = {"seconds": [], "losses": [], "tokens": [], "computed_tokens": 0, "rows": 0}
     for step in range(steps):
         for name in (("padded", "packed") if step % 2 == 0 else ("packed", "padded")):
             trainer, s = trainers[name], stats[name]
             for batch in step_batches(data, trainer.model, trainer.config, step):
                 s["rows"] += batch["input_ids"].shape[0]
                 s["computed_tokens"] += batch["input_ids"].numel()
-                s["real_tokens"] += int(batch["attention_mask"].sum())
-                s["timed_tokens"] += int(batch["attention_mask"].sum()) if step else 0
             t = time.perf_counter()
             record = trainer.train_step(step)
             if step:  # the first step warms up
                 s["seconds"].append(time.perf_counter() - t)
             s["losses"].append(record["loss"])
+            s["tokens"].append(record["tokens"])  # real (not padding) tokens of the step, as the Trainer counts them
     result = {"steps": steps, "config": base.to_dict(), "machine": machine_info(), "date": time.strftime("%Y-%m-%d")}
     for name, s in stats.items():
         seconds = sum(s["seconds"])
         result[name] = {"seconds_per_step": seconds / len(s["seconds"]),
-                        "real_tokens_per_second": s["timed_tokens"] / seconds,
+                        "real_tokens_per_second": sum(s["tokens"][1:]) / seconds,
                         "rows_per_step": s["rows"] / steps,
-                        "padding_share": 1 - s["real_tokens"] / s["computed_tokens"],
+                        "padding_share": 1 - sum(s["tokens"]) / s["computed_tokens"],
                         "losses": s["losses"]}
     result["speedup"] = result["padded"]["seconds_per_step"] / result["packed"]["seconds_per_step"]
     result["max_loss_difference"] = max(abs(a - b) for a, b in zip(stats["padded"]["losses"],

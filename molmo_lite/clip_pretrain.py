@@ -43,11 +43,15 @@ class WordTokenizer:
     def __len__(self) -> int:
         return len(self.words)
 
+    @staticmethod
+    def words_of(caption: str) -> list[str]:
+        return re.findall(r"[a-z]+", caption.lower())
+
     def __call__(self, captions: list[str]) -> torch.Tensor:
         """captions -> ids [n, max_len], padded with 0 (words past max_len are cut)."""
         out = torch.full((len(captions), self.max_len), PAD, dtype=torch.long)
         for row, caption in enumerate(captions):
-            ids = [self.ids.get(w, 1) for w in re.findall(r"[a-z]+", caption.lower())][: self.max_len]
+            ids = [self.ids.get(w, 1) for w in self.words_of(caption)][: self.max_len]
             out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 
@@ -169,8 +173,8 @@ def pretrain_tiny_encoder(steps: int = 600, n_train: int = 6000, n_heldout: int 
     train_images, train_captions = scene_pairs(n_train, seed, config.image_size, scenes)
     test_images, test_captions = scene_pairs(n_heldout, seed + 10_000, config.image_size, scenes)
     train_x, test_x = to_model_input(train_images), to_model_input(test_images)
-    longest = max(len(re.findall(r"[a-z]+", c)) for c in train_captions + test_captions)
     tokenizer = WordTokenizer.for_scenes()
+    longest = max(len(tokenizer.words_of(c)) for c in train_captions + test_captions)
     tokenizer.max_len = max(tokenizer.max_len, longest)
     model = TinyCLIP(VisionTransformer(config), tokenizer)
     before = retrieval_accuracy(model, test_x, test_captions)

@@ -633,7 +633,7 @@ def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None,
         config = replace(config, connector=replace(config.connector, **connector))
     if preprocessor:
         config = replace(config, preprocessor=replace(config.preprocessor, **preprocessor))
-    vision = tiny_encoder() if vit_scenes == "simple" else tiny_encoder(steps=vit_steps, scenes=vit_scenes)
+    vision = tiny_encoder(steps=vit_steps, scenes=vit_scenes)  # defaults: chapter 02's checkpoints/tiny_vit
     llm = tiny_lm() if lm_kinds is None else tiny_lm(kinds=tuple(lm_kinds))
     torch.manual_seed(seed)
     return MolmoLite.from_parts(config, vision=vision, llm=llm)
