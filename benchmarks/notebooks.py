@@ -3,11 +3,11 @@ top to bottom in a fresh kernel, and records its wall time. The README's syllabu
 this script (its minutes column is these measurements; tests/test_readme.py checks they agree).
 
 The notebooks run in their own folder with the repository's checkpoints/ as the chapters before them leave it (chapter
-02 and 04 cache the tiny encoder and LM that later chapters load). Nothing is written back to the notebooks. With --ci
-the CI variable is set, so the training chapters run their shortened loops (what `make test` runs); by default they
+02 and 04 cache the tiny encoder and LM that later chapters load). Nothing is written back to the notebooks. With --quick
+MOLMO_LITE_QUICK is set, so the training chapters run their shortened loops (what `make test` runs); by default they
 run in full, as a student runs them.
 
-    python -m benchmarks.notebooks [--ci] [--only 00 11] [--out PATH] [--no-readme]
+    python -m benchmarks.notebooks [--quick] [--only 00 11] [--out PATH] [--no-readme]
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ SYLLABUS: dict[str, tuple[str, str, str, str]] = {
            "the datasets' schemas; pixels of every synthetic answer", "no"),
     "08": ("stage 1", "the trainer: Molmo's parameter groups and learning rates, warmup + cosine, global-batch loss, "
            "exact resume; dense-caption training; LLaVA-style frozen ablation",
-           "a killed-and-resumed run equals an uninterrupted one (tests)", "yes (small preset)"),
+           "a killed-and-resumed run equals an uninterrupted one (tests)", "yes (trains on it, bf16)"),
     "09": ("stage 2", "the SFT mixture at sqrt-size rates, style rules, packed annotations weighted sqrt(1/N); "
-           "packing-weight ablation", "—", "yes (small preset)"),
+           "packing-weight ablation", "—", "yes (trains on it, bf16)"),
     "10": ("evaluation", "pointing F1, counting, clocks, chart/table QA, captions on held-out data; predictions drawn",
-           "Molmo's metric rules (MOLMO_SPEC 6)", "yes (faster generation)"),
+           "Molmo's metric rules (docs/molmo_recipe.md §6)", "yes (faster generation)"),
     "11": ("quantized", "NF4 and int8 with bitsandbytes, memory and logit drift, QLoRA with peft through the "
            "trainer, merge-and-save; Molmo-7B-D's memory table", "`transformers` + BitsAndBytesConfig (same codes, "
            "same logits)", "yes (7B in 4 bits)"),
@@ -89,16 +89,17 @@ def readme_table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ci", action="store_true", help="set CI=1: the training chapters' shortened loops")
+    parser.add_argument("--quick", action="store_true", help="set MOLMO_LITE_QUICK=1 (what `make test` runs): the "
+                        "training chapters' shortened loops")
     parser.add_argument("--only", nargs="*", default=None, help="chapter numbers to (re)measure, keeping the others")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per cell")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "notebooks.json")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
     args = parser.parse_args()
-    if args.ci:
-        os.environ["CI"] = "1"
+    if args.quick:
+        os.environ["MOLMO_LITE_QUICK"] = "1"
     else:
-        os.environ.pop("CI", None)
+        os.environ.pop("MOLMO_LITE_QUICK", None)
     previous = json.loads(args.out.read_text())["seconds"] if args.only and args.out.exists() else {}
     seconds = {}
     for path in chapter_notebooks():
@@ -109,7 +110,8 @@ def main() -> None:
             continue
         seconds[path.name] = round(execute(path, args.timeout), 1)
         print(f"{path.name:<40} {seconds[path.name] / 60:6.1f} min", flush=True)
-    result = {"benchmark": "notebooks", "mode": "CI (shortened loops)" if args.ci else "full", "seconds": seconds,
+    mode = "quick (shortened loops, as make test)" if args.quick else "full"
+    result = {"benchmark": "notebooks", "mode": mode, "seconds": seconds,
               "total_minutes": round(sum(seconds.values()) / 60, 1), "machine": machine_info()}
     publish("notebooks", result, readme_table(result), args.out, update_readme=not args.no_readme)
 

@@ -160,6 +160,11 @@ def _train_config(args: argparse.Namespace, stage: str):
     return replace(TRAIN_PRESETS[name], stage=stage, **overrides)
 
 
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu / cuda / cuda:1 / mps (default: $MOLMO_LITE_DEVICE, else "
+                        "CUDA when present, else CPU: molmo_lite.device.pick_device)")
+
+
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=None, help="training preset (default tiny-caption / tiny-sft)")
     parser.add_argument("--steps", type=int, default=None)
@@ -186,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.quick:  # every code path, a few steps: for CI and a first try
         caption, sft = replace(caption, steps=4, examples=16), replace(sft, steps=4, examples=16)
     run_course(args.out, caption, sft, eval_examples=8 if args.quick else args.eval_examples, resume=args.resume,
-               progress=not args.no_progress)
+               progress=not args.no_progress, device=args.device)
     return 0
 
 
@@ -199,6 +204,7 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
     parser.add_argument("--resume", action="store_true", help="continue each stage from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_device_option(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -268,7 +274,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:
                         help="under torchrun: data parallel (default) or FSDP2 sharding")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute each block's activations in backward (less memory, ~1 more forward)")
-    parser.add_argument("--device", default=None, help="cpu / cuda (default: CUDA when present)")
+    _add_device_option(parser)
     _add_training_options(parser)
     parser.set_defaults(handler=_train)
 
@@ -276,10 +282,11 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from molmo_lite.device import pick_device
     from molmo_lite.evaluate import TASKS, evaluate, heldout_sets, metrics_table
     from molmo_lite.model import MolmoLite
 
-    model = MolmoLite.from_pretrained(args.checkpoint)
+    model = MolmoLite.from_pretrained(args.checkpoint).to(pick_device(args.device))
     tasks = args.tasks or list(TASKS)
     report = evaluate(model, heldout_sets(args.n, seed=args.seed), tasks=tasks)
     print(metrics_table(report))
@@ -299,14 +306,16 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tasks", nargs="*", default=None, help="subset of pointing counting clocks charts tables "
                         "captions")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+    _add_device_option(parser)
     parser.set_defaults(handler=_evaluate)
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from molmo_lite.device import pick_device
     from molmo_lite.model import MolmoLite
     from molmo_lite.prompts import Message, format_messages
 
-    model = MolmoLite.from_pretrained(args.checkpoint)
+    model = MolmoLite.from_pretrained(args.checkpoint).to(pick_device(args.device))
     prompt = format_messages([Message(args.prompt or None, "", args.style)])[0][0]
     print(model.generate(args.image, prompt, max_new_tokens=args.max_new_tokens))
     return 0
@@ -321,6 +330,7 @@ def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", default="", help="the question; empty: a caption")
     parser.add_argument("--style", default=None, help="a style prefix, e.g. clocks, point_count")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    _add_device_option(parser)
     parser.set_defaults(handler=_generate)
 
 

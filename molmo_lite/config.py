@@ -21,7 +21,18 @@ IMAGE_TOKENS = (IM_START, IM_END, IM_PATCH, IM_COL, IMAGE_PROMPT)
 
 # Where chapters save what later chapters reuse (the tiny pretrained encoder, ...): ./checkpoints of the repository,
 # or $MOLMO_LITE_CHECKPOINTS. Nothing there is committed: every chapter can rebuild what it needs.
-CHECKPOINT_DIR = Path(os.environ.get("MOLMO_LITE_CHECKPOINTS", Path(__file__).resolve().parents[1] / "checkpoints"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_DIR = Path(os.environ.get("MOLMO_LITE_CHECKPOINTS", REPO_ROOT / "checkpoints"))
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as the course prints it: relative to the repository when inside it (checkpoints/tiny_vit), with ~ for
+    the home folder otherwise, so that printed outputs do not carry the machine's absolute paths."""
+    for where in (Path(os.path.abspath(path)), Path(path).resolve()):  # abspath keeps .venv/bin/python a venv path
+        if where.is_relative_to(REPO_ROOT):
+            return str(where.relative_to(REPO_ROOT)) or "."
+    where, home = Path(os.path.abspath(path)), Path.home()
+    return "~/" + str(where.relative_to(home)) if where.is_relative_to(home) else str(path)
 
 # OpenAI CLIP's normalisation, which Molmo uses ("openai" in its code).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -283,7 +294,7 @@ def molmo_preset(name: str) -> MolmoConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training stage (chapters 08-09), Molmo's recipe as data (MOLMO_SPEC section 7).
+    """One training stage (chapters 08-09), Molmo's recipe as data (docs/molmo_recipe.md §7).
 
     stage: "caption" (stage 1: captions and transcripts) or "sft" (stage 2: the mixture).
     batch_size: sequences per micro-batch; grad_accum: micro-batches per optimizer step (the loss is normalised by the

@@ -69,13 +69,15 @@ def launched_by_torchrun() -> bool:
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group torchrun describes (environment variables), once; one process when not launched by it.
 
-    device: "cpu" forces gloo on CPU even where GPUs exist; default CUDA (nccl, GPU = LOCAL_RANK) when available."""
+    device: the course's device rule (``molmo_lite.device.pick_device``: this argument, else $MOLMO_LITE_DEVICE, else
+    CUDA when present, else CPU). On CUDA each rank takes GPU LOCAL_RANK and nccl; on CPU, gloo."""
+    from .device import pick_device
+
+    dev = pick_device(device)
     if not launched_by_torchrun():
-        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return DistInfo(device=dev)
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-    if use_cuda:
+    if dev.type == "cuda":
         torch.cuda.set_device(local)
         dev, backend = torch.device("cuda", local), "nccl"
     else:

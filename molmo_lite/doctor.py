@@ -95,20 +95,20 @@ def package_findings() -> list[Finding]:
 
 def environment_findings() -> list[Finding]:
     """Python, the interpreter in use (is it the project's venv?), the local files the course reads, the Hub."""
-    from .config import CHECKPOINT_DIR
+    from .config import CHECKPOINT_DIR, shown_path
 
     root = Path(__file__).resolve().parents[1]
-    found = [Finding("python", "ok", f"{platform.python_version()} at {sys.executable}")]
+    found = [Finding("python", "ok", f"{platform.python_version()} at {shown_path(sys.executable)}")]
     venv = root / ".venv"
     if venv.exists() and Path(sys.prefix).resolve() != venv.resolve():
-        found.append(Finding("kernel", "warn", f"this Python is not the project's venv ({venv}): pick the "
+        found.append(Finding("kernel", "warn", f"this Python is not the project's venv ({shown_path(venv)}): pick the "
                                                "'molmo_lite' kernel or run `make lab`"))
     samples = root / "data_samples"
     found.append(Finding("data_samples", "ok" if samples.exists() else "warn",
-                         str(samples) if samples.exists() else "missing: run from a clone of the repository"))
+                         shown_path(samples) if samples.exists() else "missing: run from a clone of the repository"))
     cached = sorted(p.name for p in Path(CHECKPOINT_DIR).glob("*") if p.is_dir()) if Path(CHECKPOINT_DIR).exists() \
         else []
-    found.append(Finding("checkpoints", "info", f"{CHECKPOINT_DIR}: " + (", ".join(cached) if cached else
+    found.append(Finding("checkpoints", "info", f"{shown_path(CHECKPOINT_DIR)}: " + (", ".join(cached) if cached else
                                                 "none yet (chapters 02 and 04 train and cache them)")))
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
     hub = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
@@ -131,7 +131,7 @@ def chapter_findings(packages: list[Finding], devices: list[Finding]) -> list[Fi
             continue
         extra = ""
         if number in ("08", "09", "10"):
-            extra = "; a GPU runs the small preset" + (" (found)" if gpu else "")
+            extra = "; on a GPU it trains there, in bf16 autocast" + (" (found)" if gpu else "")
         elif number in ("11", "12"):
             extra = "; the 7B recipe and nccl need GPUs" + (" (found)" if gpu else ", skipped here")
         found.append(Finding(f"chapter {number}", "ok", f"{title}: runs here{extra}"))

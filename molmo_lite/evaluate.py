@@ -1,4 +1,5 @@
-"""Evaluation on held-out synthetic data (chapter 10), with Molmo's metrics (MOLMO_SPEC section 6):
+"""Evaluation on held-out synthetic data (chapter 10), with Molmo's metrics where Molmo defines them (pointing,
+counting, clocks: docs/molmo_recipe.md §6) and the course's own for the short answers and captions:
 
     pointing   precision / recall / F1 per example (Hungarian matching, a hit within 5% of the image diagonal),
                averaged over examples; an empty ground truth scores 1 only when nothing is predicted
@@ -175,11 +176,12 @@ def answer_losses(model: MolmoLite, examples: Sequence[Example], task: str, batc
     from .model import answer_loss as loss_of
 
     model.eval()
+    device = next(model.parameters()).device  # the batches go where the model is
     sums, counts = {"numbers": 0.0, "format": 0.0}, {"numbers": 0, "format": 0}
     for i in range(0, len(examples), batch_size):
         encoded = [encode_example(Example(ex.image, [[_question(ex, task)]], ex.task, ex.meta), model.processor,
                                   model.tokenizer, None, "none", shuffle=False) for ex in examples[i:i + batch_size]]
-        batch = collate(encoded, model.tokenizer.pad_id)
+        batch = {k: v.to(device) for k, v in collate(encoded, model.tokenizer.pad_id).items()}
         targets, weights = batch.pop("target_ids"), batch.pop("loss_weights")
         with torch.no_grad():
             per_token = loss_of(model(**batch).logits, targets, weights)[1]

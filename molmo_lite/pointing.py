@@ -30,7 +30,7 @@ Evaluation follows Molmo's ``PointingEval`` and ``PointCountEval`` (olmo/eval/ev
 * counting: lower-case, strip the final ".", read the last word as an integer or a number word, else
   "a total of N", else "none" -> 0; "correct" (exact, the reported accuracy) and "close" (off by at most one).
 
-Quirks of the released code (MOLMO_SPEC section 10), decided deliberately:
+Quirks of the released code (docs/molmo_recipe.md §10), decided deliberately:
 
 * (2) One loader inverted the pointing/counting mode flag. Here there is no flag: the caller picks the answer by name,
   ``points_to_text`` for pointing, ``count_to_text`` for counting (pixmo-points' ``collection_method == "counting"``

@@ -12,9 +12,9 @@ in fewer bits is what lets Molmo-7B-D run (and be fine-tuned) on one consumer GP
 
 A quantized layer is still a linear layer: it dequantizes its weights (to ``compute_dtype``) and multiplies as usual,
 so y = x @ dequantize(W).T + b. Only the weights are stored small (int8 inference also rounds the activations: see
-below). Which parts to quantize is a choice (MOLMO_SPEC section 9): most of the drift of a 4-bit Molmo comes from quantizing the ViT, so
-here only the LLM's attention and MLP projections are quantized; the ViT, the connector, the embeddings, the norms
-and the output head stay in high precision. They are a small part of the bytes (``footprint_table``).
+below). Which parts to quantize is a choice (docs/molmo_recipe.md §9): most of the drift of a 4-bit Molmo comes
+from quantizing the ViT, so here only the LLM's attention and MLP projections are quantized; the ViT, the
+connector, the embeddings, the norms and the output head stay in high precision. They are a small part of the bytes (``footprint_table``).
 
     quantize_llm(model, "nf4")                 our LLM's Linear layers -> bitsandbytes Linear4bit (or Linear8bitLt)
     load_hf_llm_quantized(folder, "nf4")       the same through transformers + BitsAndBytesConfig (the oracle)
@@ -370,7 +370,7 @@ def footprint_table(config: MolmoConfig, double_quant: bool = True) -> list[dict
     context come on top. Rows: ViT (the blocks Molmo keeps), connector, LLM linear layers, LLM embeddings and output
     head, LLM norms, total; each {"part", "params", "fp32", "bf16", "int8", "nf4"} with sizes in bytes.
 
-    Users report ~12 GB for an NF4 Molmo-7B-D (MOLMO_SPEC section 9): the weights are about half of that; the rest
+    Users report ~12 GB for an NF4 Molmo-7B-D (docs/molmo_recipe.md §9): the weights are about half of that; the rest
     is activations (up to 13 crops through the ViT, a sequence of a thousand or more tokens), the KV cache, the CUDA
     context and allocator slack, and any part left in fp32 instead of bf16.
     """

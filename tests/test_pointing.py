@@ -293,7 +293,7 @@ def test_parse_points_is_fast_on_adversarial_megabytes(name):
 
 
 @pytest.mark.parametrize("text, expected", [
-    # MOLMO_SPEC section 6: lower-case, strip the final ".", the last word as an integer or a number word ...
+    # docs/molmo_recipe.md §6: lower-case, strip the final ".", the last word as an integer or a number word ...
     ('Counting the <points x1="1.0" y1="2.0" x2="3.0" y2="4.0" alt="cats">cats</points> shows a total of 2.', 2),
     ("3", 3), ("3.", 3), ("There are 12 apples in total: 12", 12), ("Seven.", 7), ("TWENTY", 20), ("zero", 0),
     ("eleven...", 11),

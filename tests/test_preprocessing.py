@@ -1,4 +1,4 @@
-"""Molmo's multi-crop preprocessing: worked examples of MOLMO_SPEC section 1 and parity with transformers' Molmo2."""
+"""Molmo's multi-crop preprocessing: worked examples of docs/molmo_recipe.md §1 and parity with transformers' Molmo2."""
 
 from __future__ import annotations
 

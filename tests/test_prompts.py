@@ -1,4 +1,4 @@
-"""Molmo's text formats (MOLMO_SPEC section 5) and the multi-annotation packing of one sequence."""
+"""Molmo's text formats (docs/molmo_recipe.md §5) and the multi-annotation packing of one sequence."""
 
 from __future__ import annotations
 

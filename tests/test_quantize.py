@@ -172,8 +172,9 @@ def test_footprint_formula_matches_what_bitsandbytes_allocates(model):
 
 
 def test_footprint_table_of_molmo_7b_d_from_the_architecture():
-    """Every count rewritten here from MOLMO_SPEC's numbers: CLIP ViT-L/14-336 cut to 23 blocks, the connector, and
-    Qwen2-7B (28 layers of width 3584, 4 KV heads of 128, MLP 18944, vocabulary 152064 + 128 new rows, untied head)."""
+    """Every count rewritten here from the released architecture (docs/molmo_recipe.md §2-§4 and the preset's config):
+    CLIP ViT-L/14-336 cut to 23 blocks, the connector, and Qwen2-7B (28 layers of width 3584, 4 KV heads of 128,
+    MLP 18944, vocabulary 152064 + 128 new rows, untied head)."""
     config = MOLMO_PRESETS["molmo-7b-d"]
     rows = {r["part"]: r for r in Q.footprint_table(config)}
 
@@ -205,7 +206,7 @@ def test_footprint_table_of_molmo_7b_d_from_the_architecture():
     kept_16bit = 2 * (vit + connector + embeddings + norms + biases)  # everything not quantized stays in bf16
     assert rows["total"]["nf4"] == kept_16bit + sum(nf4(o, i) for o, i in weights)
     assert rows["total"]["int8"] == kept_16bit + sum(o * i + 4 * o for o, i in weights)
-    # MOLMO_SPEC 9: "NF4 7B needs ~12 GB" in practice: the weights are about half of it (activations of up to 13
+    # docs/molmo_recipe.md §9: "NF4 7B needs ~12 GB" in practice: the weights are about half of it (activations of up to 13
     # crops, the KV cache, the CUDA context and non-quantized parts left in fp32 make up the rest).
     assert 5e9 < rows["total"]["nf4"] < 12e9 < rows["total"]["bf16"] < rows["total"]["fp32"]
     assert "| total |" in Q.format_footprint(list(rows.values()))
