@@ -107,6 +107,20 @@ RECIPES: dict[str, Recipe] = {
     "v11-packed-curriculum": Recipe("v8 + v7's curriculum 'objects-mixed': the curriculum with packing's 2.4x faster "
                                     "steps", COURSE_CONNECTOR, PACKED_CAPTION,
                                     dict(PACKED_SFT, curriculum="objects-mixed")),
+    "v12-fresh-data": Recipe("v1 + a fresh example at every draw, v0's learning rates kept (3e-3 / 2e-5 / 2e-4): "
+                             "fresh data alone, the half of v2 not yet isolated", COURSE_CONNECTOR,
+                             dict(V0_CAPTION, data="fresh"), dict(V0_SFT, data="fresh")),
+    "v13-batch-8": Recipe("v8 + batch 8 instead of 16 (no accumulation): about twice the steps of half the "
+                          "examples, batch size alone", COURSE_CONNECTOR, dict(PACKED_CAPTION, batch_size=8),
+                          dict(PACKED_SFT, batch_size=8)),
+    "v14-long-warmup": Recipe("v8 + Molmo's stage-1 warmups in proportion: the ViT and LLM warm up 10x longer than "
+                              "the connector (300 steps against 30, past the end of stage 1), so the connector "
+                              "learns first while the LM prior moves slowly", COURSE_CONNECTOR,
+                              dict(PACKED_CAPTION, warmup_vit=300, warmup_llm=300), PACKED_SFT),
+    "v15-gradual-curriculum": Recipe("v8 + curriculum 'objects-gradual': up through the held-out distribution in "
+                                     "small steps (1 object, 1-3, 1-6, then 0-10 among 0-6), the rest of the "
+                                     "mixture on throughout, the held-out scenes alone for the last third",
+                                     COURSE_CONNECTOR, PACKED_CAPTION, dict(PACKED_SFT, curriculum="objects-gradual")),
 }
 
 

@@ -1,4 +1,4 @@
-"""The trainer of both stages (chapters 08-09), as Molmo trains (MOLMO_SPEC section 7; allenai/molmo olmo/train.py,
+"""The trainer of both stages (chapters 08-09), as Molmo trains (docs/molmo_recipe.md §7; allenai/molmo olmo/train.py,
 olmo/optim.py):
 
 - every parameter is trained in both stages (nothing frozen, unlike LLaVA's projector-only first stage), in three
@@ -42,7 +42,7 @@ from safetensors.torch import load_file
 from .config import TrainConfig
 from .data.collate import collate, collate_packed, encode_example, mixture_rates
 from .data.examples import Example
-from .device import autocast_dtype
+from .device import autocast_dtype, pick_device
 from .model import MolmoLite, answer_loss
 
 GROUPS = ("connector", "vit", "llm")
@@ -317,7 +317,7 @@ class Trainer:
                  device: torch.device | str | None = None, progress: bool = True,
                  callback: Callable[[int, dict], None] | None = None):
         self.model, self.config, self.data, self.out_dir = model, config, data, Path(out_dir)
-        self.device = torch.device(device or "cpu")
+        self.device = pick_device(device)  # the one device rule: --device / $MOLMO_LITE_DEVICE / CUDA / CPU
         self.model.to(self.device)
         self.model.llm.residual_dropout = config.residual_dropout
         freeze_groups(model, config)  # before wrapping: DDP registers only the parameters that need gradients
@@ -493,7 +493,7 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path | None
 # 5. The course's synthetic stages.
 # --------------------------------------------------------------------------------------------------------------------
 
-SFT_GROUPS = {  # Molmo's SFT shares (MOLMO_SPEC section 7), with the course's synthetic stand-ins in each group
+SFT_GROUPS = {  # Molmo's SFT shares (docs/molmo_recipe.md §7), with the course's synthetic stand-ins in each group
     "pointing": (0.35, ["pointing"]),
     "aux": (0.50, ["clocks", "charts", "tables"]),
     "demo": (0.15, ["scene_qa", "captions"]),
@@ -525,6 +525,8 @@ def _sources(config: TrainConfig, split: str, n: int, cache_dir: str | Path | No
                                                  max_distractors=0)
             generators["pointing_few"] = partial(synthetic.pointing_example, size=size, min_count=1, max_count=3,
                                                  max_distractors=3)
+            generators["pointing_mid"] = partial(synthetic.pointing_example, size=size, min_count=1, max_count=6,
+                                                 max_distractors=4)
         generators.update(clocks=partial(clocks.clock_example, size=size),
                           scene_qa=partial(synthetic.qa_example, size=size),
                           captions=partial(synthetic.caption_example, size=size))
@@ -539,7 +541,7 @@ def _sources(config: TrainConfig, split: str, n: int, cache_dir: str | Path | No
         n_docs = max(1, n // 4)
         sources.update(charts=docs.chart_examples(n_docs, seed, split, cache_dir=cache_dir),
                        tables=docs.table_examples(n_docs, seed, split, cache_dir=cache_dir))
-        order = [k for k in ("pointing", "pointing_one", "pointing_few", "clocks", "charts", "tables", "scene_qa",
+        order = [k for k in ("pointing", "pointing_one", "pointing_few", "pointing_mid", "clocks", "charts", "tables", "scene_qa",
                              "captions") if k in sources]
         sources = {k: sources[k] for k in order}
     return sources
@@ -562,6 +564,12 @@ CURRICULA = {
     "objects-mixed": ((1 / 3, {"pointing_one": 1.0, "pointing_few": 0.0, "pointing": 0.0, **_REST}),
                       (2 / 3, {"pointing_one": 0.3, "pointing_few": 0.7, "pointing": 0.0}),
                       (1.0, {"pointing_one": 0.15, "pointing_few": 0.35, "pointing": 0.5})),
+    # "objects-gradual": up through the held-out distribution in small steps (1 object, 1-3 among 0-3, 1-6 among 0-4,
+    # then 0-10 among 0-6), each level mixed with the next, the rest of the mixture at its rates from the start
+    # (clocks, documents and QA keep training), and the held-out scenes alone for the last third.
+    "objects-gradual": tuple((until, dict(zip(("pointing_one", "pointing_few", "pointing_mid", "pointing"), shares)))
+                             for until, shares in ((0.1, (1.0, 0.0, 0.0, 0.0)), (0.25, (0.3, 0.7, 0.0, 0.0)),
+                                                   (0.45, (0.0, 0.3, 0.7, 0.0)), (2 / 3, (0.0, 0.0, 0.4, 0.6)))),
 }
 
 
@@ -658,9 +666,10 @@ def build_model(name: str = "tiny", seed: int = 0) -> MolmoLite:
 
 def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = None, sft: TrainConfig | None = None,
                eval_examples: int = 200, resume: bool = False, progress: bool = True,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = print, device: str | None = None) -> dict[str, Any]:
     """Stage 1, stage 2 and the held-out evaluation of the tiny Molmo; writes out_dir/{caption,sft}/ (checkpoints),
-    report.json, loss curves and predictions.png; returns the report (metrics, timings)."""
+    report.json, loss curves and predictions.png; returns the report (metrics, timings). device: see
+    ``molmo_lite.device.pick_device`` (default CUDA when present, else CPU)."""
     from .config import TINY_RUN_MODEL, TRAIN_PRESETS
     from .evaluate import evaluate_with_controls, headline, heldout_sets, metrics_table, plot_predictions, write_report
 
@@ -676,7 +685,8 @@ def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = 
     for name, config in (("caption", caption), ("sft", sft)):
         t = time.perf_counter()
         log(f"stage {name}: {config.steps} steps of {config.batch_size} x {config.grad_accum} sequences")
-        trainer = Trainer(model, config, stage_data(config, cache_dir=cache), out / name, progress=progress)
+        trainer = Trainer(model, config, stage_data(config, cache_dir=cache), out / name, progress=progress,
+                          device=device)
         history = trainer.fit(resume=resume)
         plot_history(history, out / f"loss_{name}.png", title=f"stage {name}")
         times[f"stage {name}"] = time.perf_counter() - t

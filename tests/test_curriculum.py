@@ -226,3 +226,18 @@ def test_the_mixed_curriculum_keeps_the_easy_scenes_to_the_end():
     assert middle["pointing_few"] > middle["pointing_one"] > 0 and middle["pointing"] == 0
     assert end["pointing"] > end["pointing_few"] > end["pointing_one"] > 0
     assert sum(v for k, v in end.items() if k.startswith("pointing")) == pytest.approx(0.35)
+
+
+def test_the_gradual_curriculum_climbs_to_the_heldout_scenes_with_the_rest_of_the_mixture_on():
+    config = TrainConfig(stage="sft", steps=100, data="fresh", curriculum="objects-gradual", examples=8)
+    data = stage_data(config)
+    levels = ("pointing_one", "pointing_few", "pointing_mid", "pointing")
+    hardest = []
+    for step in (0, 20, 40, 60, 99):
+        rates = data.rates_at(step)
+        assert rates["clocks"] > 0 and rates["charts"] > 0  # never switched off
+        assert sum(rates[k] for k in levels) == pytest.approx(sum(data.rates[k] for k in levels))
+        hardest.append(max(i for i, k in enumerate(levels) if rates[k] > 0))
+    assert hardest == [0, 1, 2, 3, 3] and data.rates_at(99)["pointing_mid"] == 0
+    mid = data.datasets["pointing_mid"](np.random.default_rng(0))
+    assert 1 <= mid.meta["count"] <= 6
