@@ -46,8 +46,9 @@ def evaluate_loss(model: LLM, windows: torch.Tensor, batch_size: int = 64) -> fl
 
 
 def train_lm(model: LLM, windows: torch.Tensor, steps: int = 400, batch_size: int = 16, lr: float = 3e-3,
-             seed: int = 0, log_every: int = 50) -> list[dict]:
-    """AdamW (0.9, 0.95), linear warmup then cosine to 10%, grad clipping 1.0; returns the loss history."""
+             seed: int = 0, log_every: int = 50, print_every: int | None = None) -> list[dict]:
+    """AdamW (0.9, 0.95), linear warmup then cosine to 10%, grad clipping 1.0; returns the loss history.
+    print_every: also print a line (step, loss, seconds) that often, for a notebook cell that runs for minutes."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -71,6 +72,8 @@ def train_lm(model: LLM, windows: torch.Tensor, steps: int = 400, batch_size: in
         sched.step()
         if step % log_every == 0 or step == steps:
             history.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - start})
+        if print_every and (step % print_every == 0 or step == steps):
+            print(f"step {step:>5}/{steps}  loss {loss.item():.3f}  {time.perf_counter() - start:.0f} s", flush=True)
     model.eval()
     return history
 
@@ -91,7 +94,7 @@ SAMPLE_PROMPTS = [" long_caption 40:", " User: point_qa: Point to the red circle
 
 
 def pretrain_tiny_lm(steps: int = 400, seq_len: int = 128, n_lines: int = 20000, seed: int = 0,
-                     config: LLMConfig | None = None, kinds: tuple[str, ...] = KINDS
+                     config: LLMConfig | None = None, kinds: tuple[str, ...] = KINDS, print_every: int | None = None
                      ) -> tuple[LLM, MolmoTokenizer, dict]:
     """Train the tiny LLM on the course corpus (its line ``kinds``); returns model, tokenizer and a report (held-out
     loss before/after, samples before/after)."""
@@ -103,7 +106,7 @@ def pretrain_tiny_lm(steps: int = 400, seq_len: int = 128, n_lines: int = 20000,
     model = LLM(config)
     report = {"heldout_loss_before": evaluate_loss(model, heldout),
               "samples_before": complete(model, tokenizer, SAMPLE_PROMPTS)}
-    report["history"] = train_lm(model, train, steps=steps, seed=seed)
+    report["history"] = train_lm(model, train, steps=steps, seed=seed, print_every=print_every)
     report["heldout_loss_after"] = evaluate_loss(model, heldout)
     report["samples_after"] = complete(model, tokenizer, SAMPLE_PROMPTS)
     return model, tokenizer, report
@@ -117,6 +120,12 @@ def tiny_lm(directory: Path | None = None, steps: int = 400, kinds: tuple[str, .
     default = "tiny_lm" if kinds == KINDS else "tiny_lm_" + "-".join(kinds)
     directory = Path(directory or CHECKPOINT_DIR / default)
     if not (directory / "model.safetensors").exists():
-        model, _, _ = pretrain_tiny_lm(steps=steps, kinds=kinds)
+        from .config import shown_path
+
+        print(f"{shown_path(directory)} is missing: pre-training the tiny LM ({steps} steps, chapter 04; about 4 "
+              "minutes on 2 cores), once", flush=True)
+        model, _, report = pretrain_tiny_lm(steps=steps, kinds=kinds, print_every=100)
         save_llm(model, directory)
+        print(f"saved to {shown_path(directory)}: held-out loss {report['heldout_loss_before']:.2f} -> "
+              f"{report['heldout_loss_after']:.2f}", flush=True)
     return load_llm(directory)

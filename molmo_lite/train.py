@@ -454,6 +454,11 @@ class Trainer:
                 self.save()
         if bar is not None:
             bar.close()
+            # The bar is a widget in a notebook, which a saved notebook on the web shows as "0%": say it in text too.
+            seconds = time.perf_counter() - start
+            loss = f", last loss {self.history[-1]['loss']:.4f}" if self.history else ""
+            print(f"trained to step {self.step} of {self.config.steps} in {seconds / 60:.1f} min{loss}, "
+                  f"{tokens / max(seconds, 1e-9):,.0f} tokens/s", flush=True)
         self.module.eval()
         return self.history
 
