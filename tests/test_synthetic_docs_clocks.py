@@ -167,7 +167,8 @@ def table_oracle(question: str, rows: dict[str, dict[str, int]], header: str) ->
     """The answer to a table question, from the rows alone."""
     if question == "How many rows does the table have?" or re.fullmatch(r"How many \w+ are listed\?", question):
         return str(len(rows))
-    if m := re.fullmatch(r"What is the (\w+) of (\w+)\?|What is the value of (\w+) for (\w+)\?", question):
+    if m := re.fullmatch(r"What does the (\w+) column say for (\w+)\?|What is the value of (\w+) for (\w+)\?",
+                         question):
         col, row = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
         return str(rows[row][col])
     if m := re.fullmatch(r"Which (\w+) has the (highest|lowest) (\w+)\?", question):

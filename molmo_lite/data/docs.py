@@ -190,7 +190,7 @@ def table_questions(table: Table, rng: np.random.Generator) -> list[tuple[str, s
     a, b = (names[int(i)] for i in rng.permutation(len(names))[:2])
     col = table.columns[int(rng.integers(len(table.columns)))]
     column = {r: table.rows[r][col] for r in names}
-    lookup = (f"What is the {col} of {a}?", f"What is the value of {col} for {a}?")[int(rng.integers(2))]
+    lookup = (f"What does the {col} column say for {a}?", f"What is the value of {col} for {a}?")[int(rng.integers(2))]
     return [
         (lookup, str(column[a])),
         (f"Which {table.row_header.lower()} has the highest {col}?", max(names, key=column.get)),
