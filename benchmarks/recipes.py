@@ -121,6 +121,10 @@ RECIPES: dict[str, Recipe] = {
                                      "small steps (1 object, 1-3, 1-6, then 0-10 among 0-6), the rest of the "
                                      "mixture on throughout, the held-out scenes alone for the last third",
                                      COURSE_CONNECTOR, PACKED_CAPTION, dict(PACKED_SFT, curriculum="objects-gradual")),
+    "v16-no-pooling": Recipe("v8 + the connector pools 1x1 instead of 2x2: every ViT patch becomes an image token "
+                             "(32 image features instead of 8; a departure from Molmo, whose 2x2 window covers a "
+                             "twelfth of a crop's side, not half of it: benchmarks/token_probe.py)",
+                             COURSE_CONNECTOR, PACKED_CAPTION, PACKED_SFT, preprocessor=dict(pooling=(1, 1))),
 }
 
 
