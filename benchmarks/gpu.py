@@ -200,6 +200,19 @@ def train_section(run: Run) -> dict:
             if sum(seconds) > z.train_cap_s or run.left() < 0:
                 break
         peak = run.peak()
+    # The same steps with the batches made ahead by DataLoader workers (Trainer.fit's path; none on a CPU): what
+    # the GPU waits for when the CPU makes the data in the training process.
+    from molmo_lite.train import loader_workers
+
+    workers = loader_workers(run.device)
+    fed_steps = min(len(records), 20)
+    with tempfile.TemporaryDirectory() as tmp:
+        stamps = []  # the time at the end of each step (the callback runs after the step's loss.item())
+        fed = Trainer(random_model(run), replace(config, steps=fed_steps, save_every=fed_steps + 1), data, tmp,
+                      device=run.device, progress=False, workers=workers,
+                      callback=lambda step, record: stamps.append(time.perf_counter()))
+        fed.fit()  # it saves once at the end, after the last stamp
+    fed_seconds = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)  # from the end of step 1: warm-up left out
     data_seconds = []
     for step in range(min(3, len(records))):  # the data alone: drawing, rendering, encoding, collating (CPU)
         start = time.perf_counter()
@@ -223,6 +236,9 @@ def train_section(run: Run) -> dict:
         "seconds_per_step": round(sum(seconds[timed]) / len(seconds[timed]), 5),
         "first_step_seconds": round(seconds[0], 3),
         "data_seconds_per_step": round(sum(data_seconds) / len(data_seconds), 5),
+        "loader_workers": workers,
+        "fed_steps": fed_steps,
+        "fed_seconds_per_step": round(fed_seconds, 5),  # fit with the workers, the first step left out
         "peak_memory_bytes": peak,
         "loss_window": window,
         "loss_first_mean": round(first, 4),

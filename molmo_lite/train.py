@@ -197,6 +197,60 @@ def step_batches(data: StageData, model: MolmoLite, config: TrainConfig, step: i
     return [join(encoded[i:i + size], model.tokenizer.pad_id) for i in range(0, len(encoded), size)]
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item i is ``step_batches(...)`` of step ``steps[i]``: the micro-batches of one step. They are a function of
+    (seed, step, rank) only, so DataLoader workers can make them ahead, in any order, and a run resumed at any step
+    reads the same batches as an uninterrupted one."""
+
+    def __init__(self, data: StageData, model: MolmoLite, config: TrainConfig, steps: range, rank: int = 0,
+                 world_size: int = 1):
+        # The workers need the processor and the tokenizer, not the weights (which may live on a GPU).
+        self.encoders = _Encoders(model.processor, model.tokenizer)
+        self.data, self.config, self.steps, self.rank, self.world_size = data, config, steps, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int) -> list[dict[str, torch.Tensor]]:
+        return step_batches(self.data, self.encoders, self.config, self.steps[i], self.rank, self.world_size)
+
+
+@dataclass
+class _Encoders:
+    processor: Any
+    tokenizer: Any
+
+
+def loader_workers(device: torch.device, requested: int | None = None) -> int:
+    """How many processes make the batches while the model trains. On the CPU none (0): the cores that would make
+    them are the ones training. On a GPU the CPU is otherwise idle, and one process makes the tiny preset's pointing
+    scenes at about 380 a second, fewer than a GPU step eats, so up to 4 workers (one core left for the main
+    process). ``requested`` (Trainer(workers=...)) overrides the rule."""
+    if requested is not None:
+        return max(0, int(requested))
+    if torch.device(device).type != "cuda":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def batch_stream(data: StageData, model: MolmoLite, config: TrainConfig, steps: range, rank: int = 0,
+                 world_size: int = 1, workers: int = 0, pin_memory: bool = False):
+    """The micro-batches of each step of ``steps``, in order: made here (workers=0), or ahead by ``workers``
+    DataLoader processes (two steps each in flight), with the same tensors either way."""
+    if workers == 0:
+        for step in steps:
+            yield step_batches(data, model, config, step, rank, world_size)
+        return
+    import multiprocessing
+
+    # fork: the workers inherit the data sources (generators may be closures, which spawn could not pickle).
+    context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    loader = torch.utils.data.DataLoader(StepBatches(data, model, config, steps, rank, world_size), batch_size=None,
+                                         shuffle=False, num_workers=workers, pin_memory=pin_memory,
+                                         prefetch_factor=2, multiprocessing_context=context)
+    yield from loader
+
+
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """The torch seed of (seed, step, rank): dropout masks are a function of the step (and differ between ranks), so
     resuming needs no RNG state and a checkpoint resumes on any number of ranks."""
@@ -315,9 +369,10 @@ class Trainer:
 
     def __init__(self, model: MolmoLite, config: TrainConfig, data: StageData, out_dir: str | Path,
                  device: torch.device | str | None = None, progress: bool = True,
-                 callback: Callable[[int, dict], None] | None = None):
+                 callback: Callable[[int, dict], None] | None = None, workers: int | None = None):
         self.model, self.config, self.data, self.out_dir = model, config, data, Path(out_dir)
         self.device = pick_device(device)  # the one device rule: --device / $MOLMO_LITE_DEVICE / CUDA / CPU
+        self.workers = loader_workers(self.device, workers)  # processes that make the batches ahead (0 on a CPU)
         self.model.to(self.device)
         self.model.llm.residual_dropout = config.residual_dropout
         freeze_groups(model, config)  # before wrapping: DDP registers only the parameters that need gradients
@@ -395,12 +450,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------ steps
 
-    def train_step(self, step: int) -> dict[str, float]:
-        """One optimizer step over grad_accum micro-batches; returns loss, grad norm, lrs, tokens (global figures)."""
+    def train_step(self, step: int, batches: list[dict[str, torch.Tensor]] | None = None) -> dict[str, float]:
+        """One optimizer step over grad_accum micro-batches (``batches``: this step's, made ahead by fit's workers;
+        made here if None); returns loss, grad norm, lrs, tokens (global figures)."""
         config, model = self.config, self.model
         lrs = set_learning_rates(self.optimizer, step, config)
         torch.manual_seed(step_seed(config.seed, step, self.rank))  # dropout of this step and rank
-        batches = step_batches(self.data, model, config, step, self.rank, self.world_size)
+        if batches is None:
+            batches = step_batches(self.data, model, config, step, self.rank, self.world_size)
         local = sum(int((b["loss_weights"] > 0).sum()) for b in batches)
         total = self.reduce_sum([float(local)])[0]  # answer tokens of the global batch (all ranks)
         # Each rank's loss is its share of the global-batch loss. Data-parallel backends AVERAGE gradients over
@@ -410,7 +467,7 @@ class Trainer:
         loss_sum, tokens = 0.0, 0
         dtype = autocast_dtype(self.device)
         for i, batch in enumerate(batches):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}  # pinned by the loader
             targets, weights = batch.pop("target_ids"), batch.pop("loss_weights")
             dropout_mask = (weights > 0) if config.response_only else None
             with self.gradient_sync(i == len(batches) - 1):
@@ -437,8 +494,10 @@ class Trainer:
         end = self.config.steps if stop_after is None else min(self.config.steps, self.step + stop_after)
         bar = _progress(self.step, self.config.steps, self.progress and self.is_main)
         start, tokens = time.perf_counter(), 0
+        stream = batch_stream(self.data, self.model, self.config, range(self.step, end), self.rank, self.world_size,
+                              self.workers, pin_memory=self.device.type == "cuda")
         while self.step < end:
-            record = self.train_step(self.step)
+            record = self.train_step(self.step, next(stream))
             self.step += 1
             tokens += record["tokens"]
             if self.step % self.config.log_every == 0 or self.step == end:
@@ -452,6 +511,7 @@ class Trainer:
                                 tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}")
             if self.step % self.config.save_every == 0 or self.step == end:
                 self.save()
+        stream.close()  # stops the workers, if any
         if bar is not None:
             bar.close()
             # The bar is a widget in a notebook, which a saved notebook on the web shows as "0%": say it in text too.

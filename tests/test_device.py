@@ -104,6 +104,9 @@ def test_trainer_asks_the_rule(fake_cuda, monkeypatch, tmp_path, asked, env, exp
         monkeypatch.setenv("MOLMO_LITE_DEVICE", env)
     trainer = Trainer(*_trainer_parts(), tmp_path, device=asked, progress=False)
     assert trainer.device.type == expected and fake_cuda[-1].type == expected
+    # On a GPU, processes make the batches ahead; on the CPU they would take the training's cores.
+    assert (trainer.workers >= 1) if expected == "cuda" else (trainer.workers == 0)
+    assert Trainer(*_trainer_parts(), tmp_path, device=asked, progress=False, workers=0).workers == 0
 
 
 def test_init_distributed_asks_the_rule(fake_cuda, monkeypatch):

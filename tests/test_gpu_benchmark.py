@@ -72,6 +72,8 @@ def test_the_figures_are_sane(dry_run):
     assert train["steps_done"] == gpu.DRY.train_steps == len(train["losses"])
     assert train["tokens_per_second"] > 0 and train["peak_memory_bytes"] is None  # no CUDA memory on the CPU
     assert all(torch.isfinite(torch.tensor(train["losses"])))  # falling is asserted only on the GPU's 200 steps
+    assert train["loader_workers"] == 0 and train["fed_steps"] == gpu.DRY.train_steps  # no workers on the CPU
+    assert train["fed_seconds_per_step"] > 0
     if "error" not in s["transformers_molmo2"]:
         assert s["transformers_molmo2"]["ratio_ours_vs_transformers"] > 0
     quant = s["quantize"]

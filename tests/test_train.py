@@ -18,6 +18,7 @@ from molmo_lite.train import (
     latest_checkpoint,
     lr_factor,
     parameter_groups,
+    batch_stream,
     stage_data,
     step_batches,
 )
@@ -117,6 +118,34 @@ def test_step_batches_are_a_function_of_the_step(tiny_data):
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
     assert any(x["input_ids"].shape != y["input_ids"].shape or not torch.equal(x["input_ids"], y["input_ids"])
                for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize("data", ["pool", "fresh"])
+def test_batches_made_ahead_by_loader_workers_are_the_batches_of_their_steps(tiny_data, data):
+    """The GPU path's DataLoader workers (forked processes, steps in flight out of order) give each step the very
+    tensors that step_batches makes for it in this process: the (seed, step) determinism holds."""
+    config = _config(data=data)
+    source = tiny_data if data == "pool" else stage_data(config)
+    model = _fresh_model(0)
+    ahead = list(batch_stream(source, model, config, range(2, 7), workers=2))
+    here = [step_batches(source, model, config, s) for s in range(2, 7)]
+    assert len(ahead) == len(here) == 5
+    for step_a, step_b in zip(ahead, here):
+        assert len(step_a) == len(step_b) == config.grad_accum
+        for a, b in zip(step_a, step_b):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_resumed_with_loader_workers_ends_with_the_weights_of_one_without(tmp_path, tiny_data):
+    config = _config()
+    whole = Trainer(_fresh_model(0), config, tiny_data, tmp_path / "whole", progress=False, workers=0)
+    whole.fit()
+    first = Trainer(_fresh_model(0), config, tiny_data, tmp_path / "split", progress=False, workers=2)
+    first.fit(stop_after=3)
+    second = Trainer(_fresh_model(1), config, tiny_data, tmp_path / "split", progress=False, workers=2)
+    second.fit(resume=True)
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_data, tmp_path):
