@@ -9,6 +9,8 @@
     torchrun --nproc-per-node 2 -m molmo_lite train ... --strategy {ddp,fsdp}   the same on 2 processes
     python -m molmo_lite evaluate CHECKPOINT [--n 100]               held-out metrics of a saved model, as JSON
     python -m molmo_lite generate CHECKPOINT --image IMG --prompt P  one answer
+    python -m molmo_lite generate --model allenai/Molmo-7B-D-0924 --image IMG --prompt "Point to the eyes."
+                                                                      a released Molmo; points drawn on the image
     python -m molmo_lite doctor                                      packages, device, what runs here (offline)
 
 Each command is one ``add_*_command(subparsers)`` function that registers its arguments and its handler; a handler
@@ -311,25 +313,83 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    """One answer. --model: a save_pretrained folder, a released Molmo 1 folder (config.json model_type "molmo") or
+    a Hub id such as allenai/Molmo-7B-D-0924 (downloaded when online). Points in the answer are drawn on the image."""
+    from pathlib import Path
+
+    import torch
+
     from molmo_lite.device import pick_device
     from molmo_lite.model import MolmoLite
     from molmo_lite.prompts import Message, format_messages
+    from molmo_lite.released import is_released_folder
 
-    model = MolmoLite.from_pretrained(args.checkpoint).to(pick_device(args.device))
+    source = args.model or args.checkpoint
+    if source is None:
+        raise SystemExit("say which model: --model PATH_OR_HUB_ID (a save_pretrained folder, a released Molmo folder "
+                         "or a Hub id such as allenai/Molmo-7B-D-0924)")
+    device = pick_device(args.device)
+    if is_released_folder(source) or not Path(source).exists():  # released layout, or a Hub id
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+        try:
+            model = MolmoLite.from_released(source, dtype=dtype, quantize=args.quantize, device=str(device))
+        except (RuntimeError, ValueError) as err:  # offline Hub id, a folder that is not a Molmo 1 checkpoint
+            raise SystemExit(f"error: {err}") from None
+    else:
+        if args.quantize or args.dtype != "float32":
+            raise SystemExit("--dtype / --quantize apply to released checkpoints; a save_pretrained folder loads "
+                             "in fp32")
+        model = MolmoLite.from_pretrained(source).to(device)
     prompt = format_messages([Message(args.prompt or None, "", args.style)])[0][0]
-    print(model.generate(args.image, prompt, max_new_tokens=args.max_new_tokens))
+    answer = model.generate(args.image, prompt, max_new_tokens=args.max_new_tokens)
+    print(answer)
+    if args.image is not None:
+        _draw_answer_points(answer, args.image, args.points_out, args.prompt)
     return 0
+
+
+def _draw_answer_points(answer: str, image, out, title: str) -> None:
+    """When the answer holds points: the image with them drawn (chapter 06's draw_points), written to ``out``
+    (default outputs/points/IMAGE_points.png)."""
+    from pathlib import Path
+
+    from molmo_lite.config import shown_path
+    from molmo_lite.pointing import draw_points, parse_points
+
+    points = parse_points(answer)
+    if not points:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out) if out else Path("outputs") / "points" / f"{Path(image).stem}_points.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ax = draw_points(str(image), points, title=title or None)
+    ax.figure.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(ax.figure)
+    print(f"wrote {shown_path(out)} ({len(points)} point{'s' if len(points) != 1 else ''})")
 
 
 def add_generate_command(subparsers: argparse._SubParsersAction) -> None:
     from pathlib import Path
 
     parser = subparsers.add_parser("generate", help="answer one prompt about one image")
-    parser.add_argument("checkpoint", type=Path, help="a save_pretrained folder (e.g. runs/tiny/final)")
+    parser.add_argument("checkpoint", nargs="?", default=None,
+                        help="a save_pretrained folder (e.g. runs/tiny/final); or use --model")
+    parser.add_argument("--model", default=None, help="a save_pretrained folder, a released Molmo 1 folder or a Hub "
+                        "id (allenai/Molmo-7B-D-0924, allenai/Molmo-7B-O-0924)")
     parser.add_argument("--image", type=Path, default=None, help="the image (none: a text-only prompt)")
     parser.add_argument("--prompt", default="", help="the question; empty: a caption")
     parser.add_argument("--style", default=None, help="a style prefix, e.g. clocks, point_count")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="released checkpoints: the weights' dtype in memory (bfloat16: half the memory)")
+    parser.add_argument("--quantize", choices=("nf4",), default=None,
+                        help="released checkpoints: the LLM in 4 bits (bitsandbytes NF4, chapter 11)")
+    parser.add_argument("--points-out", type=Path, default=None,
+                        help="where to write the image with the answer's points (default outputs/points/)")
     _add_device_option(parser)
     parser.set_defaults(handler=_generate)
 

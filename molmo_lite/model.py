@@ -75,7 +75,11 @@ class MolmoLite(nn.Module):
         self.tokenizer = tokenizer or load_tokenizer(config)
         rows = config.llm.vocab_size + config.llm.additional_vocab
         largest = max(self.tokenizer.image_token_ids.values())
-        if largest >= rows or self.tokenizer.base_vocab_size != config.llm.vocab_size:
+        # The image tokens start at the base size; a tokenizer that holds them itself (Molmo-7B-O's: ids 100278-100282
+        # inside its 100352 base rows) may have them below it, as the released model reads them from the base table.
+        inside = (getattr(self.tokenizer, "holds_image_tokens", False)
+                  and self.tokenizer.base_vocab_size < config.llm.vocab_size)
+        if largest >= rows or (self.tokenizer.base_vocab_size != config.llm.vocab_size and not inside):
             raise ValueError(f"{self.tokenizer} does not fit the LLM's embedding ({config.llm.vocab_size} base rows + "
                              f"{config.llm.additional_vocab} new rows): the image tokens must start at the base size")
         self.image_patch_id = self.tokenizer.token_to_id(IM_PATCH)
@@ -128,12 +132,24 @@ class MolmoLite(nn.Module):
         tok = MolmoTokenizer.from_file(tokenizer or llm_dir, pad_to=config.llm.vocab_size)
         return cls.from_parts(config, vision=vit, llm=language, tokenizer=tok)
 
+    @classmethod
+    def from_released(cls, path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32, quantize: str | None = None,
+                      **options) -> MolmoLite:
+        """A released Molmo 1 checkpoint (allenai/Molmo-7B-D-0924 / -7B-O-0924, their remote-code layout): a local
+        folder or a Hub id (downloaded when online). dtype: torch.float32 or torch.bfloat16; quantize: None or "nf4"
+        (the LLM's projections, as chapter 11). ``molmo_lite.released.load_released`` does the work (options: its
+        ``device`` and ``tokenizer``)."""
+        from .released import load_released
+
+        return load_released(path_or_hub_id, dtype=dtype, quantize=quantize, **options)
+
     # ---------------------------------------------------------------------------------------------------- forward
 
     def image_features(self, crops: torch.Tensor, pooled_patches_idx: torch.Tensor,
                        patch_pad_fraction: torch.Tensor | None = None) -> torch.Tensor:
         """crops [n, 3, S, S] (of one or several images, ``batch_images``) -> one LLM embedding per image token
         [n_tokens, llm_dim]."""
+        crops = crops.to(self.vision.positional_embedding.dtype)  # a bf16 model reads bf16 pixels
         features = self.vision.features(crops)  # [n, P, feature_dim]
         return self.connector(features, pooled_patches_idx, patch_pad_fraction)
 

@@ -80,7 +80,9 @@ class MolmoTokenizer:
             base = _load_base(base)
         self.base = _Base(base)
         known = [self.base.vocab.get(t) for t in IMAGE_TOKENS]
-        if all(i is not None for i in known):  # already a Molmo tokenizer
+        # A released Molmo tokenizer holds the image tokens itself (Molmo-7B-O's sit inside its LLM's embedding rows)
+        self.holds_image_tokens = all(i is not None for i in known)
+        if self.holds_image_tokens:  # already a Molmo tokenizer
             ids = known
             self._base_vocab_size = min(ids)
         else:
