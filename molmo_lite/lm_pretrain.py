@@ -122,8 +122,8 @@ def tiny_lm(directory: Path | None = None, steps: int = 400, kinds: tuple[str, .
     if not (directory / "model.safetensors").exists():
         from .config import shown_path
 
-        print(f"{shown_path(directory)} is missing: pre-training the tiny LM ({steps} steps, chapter 04; about 4 "
-              "minutes on 2 cores), once", flush=True)
+        print(f"{shown_path(directory)} is missing: pre-training the tiny LM ({steps} steps, chapter 04; about a "
+              "minute on 2 cores), once", flush=True)
         model, _, report = pretrain_tiny_lm(steps=steps, kinds=kinds, print_every=100)
         save_llm(model, directory)
         print(f"saved to {shown_path(directory)}: held-out loss {report['heldout_loss_before']:.2f} -> "
