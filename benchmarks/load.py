@@ -137,6 +137,17 @@ def measure(folder: Path, mode: str) -> dict:
             "ratio_added_rss_to_weights": round((peak - child["rss_before_bytes"]) / weights, 3)}
 
 
+def readme_table(result: dict) -> str:
+    """The README's table, from load.json."""
+    c = result["checkpoint"]
+    lines = [f"| loader ({c['parameters'] / 1e9:.2f}B parameters, {c['shards']} shards, bf16) | seconds | peak RSS (GB) "
+             "| peak RSS / weights | (peak RSS - RSS before loading) / weights |", "|---|---|---|---|---|"]
+    for name, r in result["candidates"].items():
+        lines.append(f"| {name} | {r['seconds']:.1f} | {r['peak_rss_bytes'] / 1e9:.2f} | "
+                     f"{r['ratio_peak_rss_to_weights']:.2f}x | {r['ratio_added_rss_to_weights']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=14, help="LLM blocks (14: about 1B parameters in all)")
@@ -166,7 +177,7 @@ def main() -> None:
         print(f"{name}: {c['seconds']:.1f} s, peak RSS {c['peak_rss_bytes'] / 1e9:.2f} GB = "
               f"{c['ratio_peak_rss_to_weights']:.2f}x the weights ({c['weight_bytes'] / 1e9:.2f} GB), "
               f"{c['ratio_added_rss_to_weights']:.2f}x without the interpreter")
-    publish("load", result, "", args.out, update_readme=False)
+    publish("load", result, readme_table(result), args.out)
 
 
 if __name__ == "__main__":

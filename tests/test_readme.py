@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import course_run, data, decode, distributed, notebooks, preprocess, quantize, recipes, train
+from benchmarks import course_run, data, decode, distributed, load, notebooks, preprocess, quantize, recipes, train
 from benchmarks.__main__ import summary
 from benchmarks.common import readme_block
 
@@ -23,7 +23,8 @@ def test_quick_start_has_the_two_commands():
 @pytest.mark.parametrize("name, module", [("preprocess", preprocess), ("decode", decode), ("data", data),
                                                   ("course_run", course_run), ("train", train),
                                                   ("quantize", quantize), ("distributed", distributed),
-                                                  ("notebooks", notebooks), ("recipes", recipes)])
+                                                  ("notebooks", notebooks), ("recipes", recipes),
+                                                  ("load", load)])
 def test_benchmark_tables_come_from_the_benchmark_json(name, module):
     result = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
     assert readme_block(name) == module.readme_table(result), f"rerun `python -m benchmarks.{name}` to refresh the README"
