@@ -21,6 +21,7 @@ against minutes, one curve per recipe). One run at a time on this 2-core machine
 from __future__ import annotations
 
 import argparse
+import math
 import copy
 import json
 import time
@@ -125,6 +126,10 @@ RECIPES: dict[str, Recipe] = {
                              "(32 image features instead of 8; a departure from Molmo, whose 2x2 window covers a "
                              "twelfth of a crop's side, not half of it: benchmarks/token_probe.py)",
                              COURSE_CONNECTOR, PACKED_CAPTION, PACKED_SFT, preprocessor=dict(pooling=(1, 1))),
+    "v17-no-pooling-curriculum": Recipe("v16 + v11's curriculum 'objects-mixed': the lone object localised first, now "
+                                        "with tokens that keep the positions of several objects",
+                                        COURSE_CONNECTOR, PACKED_CAPTION, dict(PACKED_SFT, curriculum="objects-mixed"),
+                                        preprocessor=dict(pooling=(1, 1))),
 }
 
 
@@ -281,20 +286,24 @@ def figure(results: dict[str, dict], path: Path = FIGURE) -> Path:
     import matplotlib.pyplot as plt
 
     keys = ("pointing f1", "counting exact", "pointing loss ratio", "one-object f1")
-    fig, axes = plt.subplots(1, len(keys), figsize=(17, 3.6))
+    fig, axes = plt.subplots(1, len(keys), figsize=(17, 4.2))
+    colours = plt.get_cmap("tab20").colors  # 20 colours, and a line style per ten recipes: every curve its own look
     for i, (name, r) in enumerate(results.items()):
         minutes = [p["minutes"] for p in r["curve"]]
+        style = dict(color=colours[i % len(colours)], ls=("-", "--", ":")[(i // 10) % 3],
+                     marker="os^"[(i // 10) % 3], ms=4)
         for ax, key in zip(axes, keys):
             if all(key in p for p in r["curve"]):
-                ax.plot(minutes, [p[key] for p in r["curve"]], marker="o", label=name, color=f"C{i}")
+                ax.plot(minutes, [p[key] for p in r["curve"]], label=name, **style)
             ax.set_xlabel("training minutes (2-core CPU)"), ax.set_title(f"held-out {key}")
     if results:
         blind = next(iter(results.values()))["blind"]
         axes[0].axhline(blind["pointing"]["f1"], color="grey", ls="--", label="blind baseline")
         axes[1].axhline(blind["counting"]["exact"], color="grey", ls="--")
         axes[2].axhline(1.0, color="grey", ls="--")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=7, fontsize=7, frameon=False)  # below, not over a panel
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(labels) / 7), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
