@@ -12,6 +12,7 @@ from typing import Any
 from molmo_lite.grading import (
     _compare_on_cases,
     _float_array_mismatch,
+    _int_mismatch,
     _student_function,
     _torch_generator,
     _with_hint,
@@ -19,68 +20,104 @@ from molmo_lite.grading import (
 )
 
 
-@check("02_vision_encoder", "patchify")
-def check_patchify(namespace: dict) -> None:
-    """patchify(images, patch_size) equals molmo_lite.vision.patchify_images on 30 random batches (square and not,
-    1 or 3 channels, patch sizes 1 to 14)."""
+def _conv_by_probing(weight: Any, patch_size: int) -> Any:
+    """The conv kernel [D, C, P, P] whose convolution equals ``patchify(images) @ weight.T``, found by feeding the
+    linear map one-pixel images: kernel[:, c, dy, dx] is its output for a single 1 at channel c, pixel (dy, dx)."""
     import torch
 
     from molmo_lite import vision
 
+    d, n = weight.shape
+    channels = n // patch_size**2
+    kernel = torch.zeros(d, channels, patch_size, patch_size, dtype=weight.dtype)
+    for c in range(channels):
+        for dy in range(patch_size):
+            for dx in range(patch_size):
+                pixel = torch.zeros(1, channels, patch_size, patch_size, dtype=weight.dtype)
+                pixel[0, c, dy, dx] = 1.0
+                kernel[:, c, dy, dx] = (vision.patchify_images(pixel, patch_size) @ weight.T)[0, 0]
+    return kernel
+
+
+@check("02_vision_encoder", "linear_to_conv")
+def check_linear_to_conv(namespace: dict) -> None:
+    """linear_to_conv(weight, patch_size) is the conv kernel whose stride-P convolution reproduces the linear patch
+    embedding on molmo_lite's (dy, dx, c) patches, found by probing the linear map with one-pixel images, on 20
+    random weights (1 or 3 channels, patch sizes 1 to 7, widths 1 to 32)."""
+    import torch
+
     rng, gen = random.Random(21), _torch_generator(21)
     cases = []
-    for _ in range(30):
-        p = rng.choice((1, 2, 3, 4, 7, 14))
-        gh, gw = rng.randint(1, 4), rng.randint(1, 4)
-        shape = (rng.randint(1, 3), rng.choice((1, 3)), gh * p, gw * p)
-        cases.append((torch.randn(shape, generator=gen), p))
+    for _ in range(20):
+        p, c, d = rng.choice((1, 2, 3, 5, 7)), rng.choice((1, 3)), rng.choice((1, 4, 8, 32))
+        cases.append((torch.randn(d, p * p * c, generator=gen), p))
 
-    def reference(images: Any, patch_size: int) -> tuple:
-        b, c, h, w = images.shape
-        channels_first = images.unfold(2, patch_size, patch_size).unfold(3, patch_size, patch_size)  # [B,C,gh,gw,P,P]
-        channels_first = channels_first.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * patch_size**2)
-        return vision.patchify_images(images, patch_size), {"each patch is in (c, dy, dx) order": channels_first}
+    def reference(weight: Any, patch_size: int) -> tuple:
+        d, n = weight.shape
+        c = n // patch_size**2
+        wrong = {
+            "a plain reshape to [D, C, P, P]: the columns are in (dy, dx, c) order, so reshape to [D, P, P, C] and "
+            "move the channels": weight.reshape(d, c, patch_size, patch_size),
+            "dy and dx swapped (the kernel transposed)": weight.reshape(d, patch_size, patch_size, c).permute(
+                0, 3, 2, 1),
+        }
+        return _conv_by_probing(weight, patch_size), wrong
 
-    student = _student_function(namespace, "patchify")
-    _compare_on_cases(
-        "patchify", ("images", "patch_size"), student, reference, cases, _with_hint(_float_array_mismatch)
-    )
+    student = _student_function(namespace, "linear_to_conv")
+    _compare_on_cases("linear_to_conv", ("weight", "patch_size"), student, reference, cases,
+                      _with_hint(_float_array_mismatch))
 
 
-def _package_patch_embedding(conv_weight: Any) -> Any:
-    """The linear patch-embedding weight molmo_lite makes of an open_clip ``conv1.weight`` when it loads CLIP."""
+def _vit_configs() -> list[Any]:
+    """Molmo's ViT-L with and without CLIP's head and with all 24 blocks, the course's presets, random small ones."""
+    from dataclasses import replace
+
+    from molmo_lite import config
+
+    molmo = config.VISION_PRESETS["molmo"]
+    configs = [molmo, replace(molmo, output_dim=None), replace(molmo, num_layers_used=None, output_dim=None),
+               config.VISION_PRESETS["tiny"], config.VISION_PRESETS["small"]]
+    rng = random.Random(22)
+    for _ in range(15):
+        p, grid, width = rng.choice((2, 7, 14, 16)), rng.randint(1, 6), rng.choice((8, 16, 48))
+        layers = rng.randint(1, 6)
+        configs.append(config.VisionConfig(
+            image_size=p * grid, patch_size=p, width=width, layers=layers, heads=rng.choice((1, 2, 4)),
+            mlp_width=rng.choice((width, 4 * width, 24)), act="gelu",
+            num_layers_used=rng.choice((None, max(1, layers - 1))), feature_layers=(-1,),
+            output_dim=rng.choice((None, 4, 32))))
+    return configs
+
+
+@check("02_vision_encoder", "vit_num_params")
+def check_vit_num_params(namespace: dict) -> None:
+    """vit_num_params(config) equals the number of parameters of molmo_lite.vision.VisionTransformer(config), built
+    on PyTorch's meta device (shapes only), for Molmo's ViT-L (with and without CLIP's head, with 23 or 24 blocks),
+    the tiny and small presets and 15 random small configurations."""
     import torch
 
-    from molmo_lite import config, vision
+    from molmo_lite import vision
 
-    width, channels, p, _ = conv_weight.shape
-    state = {
-        "conv1.weight": conv_weight, "class_embedding": torch.zeros(width),
-        "positional_embedding": torch.zeros(2, width), "ln_pre.weight": torch.ones(width),
-        "ln_pre.bias": torch.zeros(width),
-    }
-    cfg = config.VisionConfig(image_size=p, patch_size=p, width=width, layers=0, num_layers_used=None,
-                              output_dim=None)
-    return vision.state_from_open_clip(state, cfg)["patch_embedding.weight"]
+    cases = [(cfg,) for cfg in _vit_configs()]
 
+    def reference(cfg: Any) -> tuple:
+        with torch.device("meta"):
+            model = vision.VisionTransformer(cfg)
+        count = sum(p.numel() for p in model.parameters())
+        w, m = cfg.width, cfg.mlp_width
+        block = 4 * w * w + 2 * w * m + 9 * w + m
+        head = 0 if cfg.output_dim is None else 2 * w + w * cfg.output_dim
+        wrong = {
+            "`layers` blocks counted: molmo_lite builds only the blocks it uses, `config.blocks_used` (Molmo: 23 of "
+            "CLIP's 24)": count + (cfg.layers - cfg.blocks_used) * block,
+            "CLIP's head left out: with output_dim set the model has post_ln and proj [width, output_dim] too":
+                count - head,
+            "one position embedding short: there is one per patch plus one for CLS": count - w,
+        }
+        return count, {hint: n for hint, n in wrong.items() if n != count}
 
-@check("02_vision_encoder", "conv_to_linear")
-def check_conv_to_linear(namespace: dict) -> None:
-    """conv_to_linear(conv_weight) equals the patch-embedding weight molmo_lite's open_clip loader makes, on 20 random
-    conv weights (so that patches in (dy, dx, c) order times its transpose reproduce the convolution)."""
-    import torch
-
-    rng, gen = random.Random(22), _torch_generator(22)
-    shapes = [(rng.choice((1, 4, 8, 32)), rng.choice((1, 3)), p, p) for p in (rng.choice((1, 2, 3, 5, 14))
-                                                                             for _ in range(20))]
-    cases = [(torch.randn(shape, generator=gen),) for shape in shapes]
-
-    def reference(conv_weight: Any) -> tuple:
-        plain = conv_weight.reshape(conv_weight.shape[0], -1)
-        return _package_patch_embedding(conv_weight), {"a plain reshape, whose columns are in (c, dy, dx) order": plain}
-
-    student = _student_function(namespace, "conv_to_linear")
-    _compare_on_cases("conv_to_linear", ("conv_weight",), student, reference, cases, _with_hint(_float_array_mismatch))
+    student = _student_function(namespace, "vit_num_params")
+    _compare_on_cases("vit_num_params", ("config",), student, reference, cases, _with_hint(_int_mismatch))
 
 
 @check("02_vision_encoder", "interpolate_positions")

@@ -11,22 +11,14 @@ from typing import Any
 from molmo_lite.grading import (
     _compare_on_cases,
     _float_array_mismatch,
+    _index_array_mismatch,
+    _int_mismatch,
     _randomize_,
     _student_function,
     _torch_generator,
     _with_hint,
     check,
 )
-
-
-def _random_pad_fraction(shape: tuple, gen: Any) -> Any:
-    """Fractions of real pixels: about a third exactly 1, a third exactly 0, the rest in between (0.5 included)."""
-    import torch
-
-    kind = torch.randint(0, 3, shape, generator=gen)
-    between = torch.rand(shape, generator=gen).clamp(0.01, 0.99)
-    between[torch.rand(shape, generator=gen) < 0.1] = 0.5
-    return torch.where(kind == 0, torch.ones(shape), torch.where(kind == 1, torch.zeros(shape), between))
 
 
 def _random_windows(gen: Any, n_tokens: int, k: int, dim: int, empty_rows: bool) -> tuple:
@@ -46,32 +38,31 @@ def _random_windows(gen: Any, n_tokens: int, k: int, dim: int, empty_rows: bool)
     return torch.where(valid[..., None], windows, junk), valid
 
 
-@check("03_connector", "add_pad_embeddings")
-def check_add_pad_embeddings(namespace: dict) -> None:
-    """add_pad_embeddings(features, pad_fraction, pad_embed) equals molmo_lite.connector.PadEmbedding on 20 random
-    cases mixing real (fraction 1), fully padded (0) and partially padded patches."""
-    import torch
+@check("03_connector", "pooling_windows")
+def check_pooling_windows(namespace: dict) -> None:
+    """pooling_windows(grid_h, grid_w, pool_h, pool_w) equals molmo_lite.preprocessing.arange_for_pooling on the
+    grid's raster indices for 40 grids of 1 to 13 patches a side and pooling windows of 1 x 1 to 4 x 4 (even, odd,
+    square and not), including Molmo's 24 x 24 and Molmo2's 27 x 27 grids."""
+    import numpy as np
 
-    from molmo_lite import connector
+    from molmo_lite import preprocessing
 
-    rng, gen = random.Random(31), _torch_generator(31)
-    cases = []
-    for _ in range(20):
-        crops, patches, dim = rng.randint(1, 3), rng.choice((1, 4, 9, 16)), rng.choice((1, 4, 8))
-        cases.append((torch.randn(crops, patches, dim, generator=gen),
-                      _random_pad_fraction((crops, patches), gen), torch.randn(2, dim, generator=gen)))
+    rng = random.Random(31)
+    cases = [(24, 24, 2, 2), (27, 27, 2, 2), (27, 27, 3, 3), (3, 3, 2, 2), (5, 7, 3, 3), (1, 1, 2, 2), (6, 4, 4, 4)]
+    cases += [(rng.randint(1, 13), rng.randint(1, 13), rng.randint(1, 4), rng.randint(1, 4)) for _ in range(33)]
 
-    def reference(features: Any, pad_fraction: Any, pad_embed: Any) -> Any:
-        module = connector.PadEmbedding(features.shape[-1])
-        with torch.no_grad():
-            module.pad_embed.copy_(pad_embed)
-            return module(features, pad_fraction)
+    def reference(grid_h: int, grid_w: int, pool_h: int, pool_w: int) -> tuple:
+        grid = np.arange(grid_h * grid_w).reshape(grid_h, grid_w)
+        pad_h, pad_w = (-grid_h) % pool_h, (-grid_w) % pool_w
+        at_end = np.pad(grid, [(0, pad_h), (0, pad_w)], constant_values=-1)
+        gh, gw = at_end.shape[0] // pool_h, at_end.shape[1] // pool_w
+        wrong = {"all the padding after the grid (bottom / right): split it, the smaller half before":
+                 at_end.reshape(gh, pool_h, gw, pool_w).transpose(0, 2, 1, 3).reshape(gh * gw, -1)}
+        return preprocessing.arange_for_pooling(grid, pool_h, pool_w), wrong
 
-    student = _student_function(namespace, "add_pad_embeddings")
-    _compare_on_cases(
-        "add_pad_embeddings", ("features", "pad_fraction", "pad_embed"), student, reference, cases,
-        _float_array_mismatch,
-    )
+    student = _student_function(namespace, "pooling_windows")
+    _compare_on_cases("pooling_windows", ("grid_h", "grid_w", "pool_h", "pool_w"), student, reference, cases,
+                      _with_hint(_index_array_mismatch))
 
 
 @check("03_connector", "mean_query")
@@ -124,26 +115,43 @@ def check_attention_pool(namespace: dict) -> None:
     )
 
 
-@check("03_connector", "swiglu")
-def check_swiglu(namespace: dict) -> None:
-    """swiglu(x, w1, w2, w3) equals molmo_lite.connector.SwiGLUProjector with the same random layers on 12 cases."""
-    import torch
+def _straddling_by_counting(rows: int, cols: int, crop_patches: int, margins: tuple[int, int]) -> int:
+    """Tokens whose 2 x 2 window of the stitched grid holds patches of two or more crops, counted from molmo_lite's
+    own stitched index and pooling windows."""
+    import numpy as np
 
-    from molmo_lite import connector
+    from molmo_lite import preprocessing
 
-    rng, gen = random.Random(34), _torch_generator(34)
-    cases = []
-    for _ in range(12):
-        dim, hidden, out = rng.choice((1, 4, 8)), rng.choice((4, 16, 32)), rng.choice((2, 8))
-        projector = _randomize_(connector.SwiGLUProjector(dim, hidden, out), gen)
-        shape = (rng.randint(1, 6), dim) if rng.random() < 0.5 else (2, rng.randint(1, 4), dim)
-        cases.append((torch.randn(shape, generator=gen), projector.w1, projector.w2, projector.w3))
+    stitched = preprocessing.stitched_patch_index(rows, cols, crop_patches, margins)
+    windows = preprocessing.arange_for_pooling(stitched, 2, 2)
+    crops = np.where(windows >= 0, windows // crop_patches**2, -1)
+    return sum(len({int(c) for c in row if c >= 0}) > 1 for row in crops)
 
-    def reference(x: Any, w1: Any, w2: Any, w3: Any) -> Any:
-        projector = connector.SwiGLUProjector(w1.in_features, w1.out_features, w2.out_features)
-        projector.w1, projector.w2, projector.w3 = w1, w2, w3
-        with torch.no_grad():
-            return projector(x)
 
-    student = _student_function(namespace, "swiglu")
-    _compare_on_cases("swiglu", ("x", "w1", "w2", "w3"), student, reference, cases, _float_array_mismatch)
+@check("03_connector", "straddling_windows")
+def check_straddling_windows(namespace: dict) -> None:
+    """straddling_windows(rows, cols, crop_patches, margins) equals the count of 2 x 2 windows mixing crops in
+    molmo_lite's stitched index (preprocessing.stitched_patch_index + arange_for_pooling) on Molmo's, the tiny and
+    the small presets' geometries, 27-patch crops and 40 random geometries (even and odd margins and steps)."""
+    rng = random.Random(34)
+    cases = [(2, 3, 24, (4, 4)), (2, 2, 4, (1, 1)), (1, 1, 4, (1, 1)), (3, 4, 27, (4, 4)), (2, 3, 8, (2, 2)),
+             (1, 4, 6, (1, 2)), (4, 1, 5, (0, 0)), (3, 3, 7, (0, 1))]
+    while len(cases) < 48:
+        p = rng.randint(2, 27)
+        m0 = rng.randint(0, (p - 1) // 2)
+        m1 = rng.randint(0, p - 1 - m0)
+        if m0 + m1 < p:
+            cases.append((rng.randint(1, 5), rng.randint(1, 5), p, (m0, m1)))
+
+    def reference(rows: int, cols: int, crop_patches: int, margins: tuple[int, int]) -> tuple:
+        m0, m1 = margins
+        step = crop_patches - m0 - m1
+        per_axis = [sum((m0 + t * step) % 2 for t in range(1, n)) for n in (rows, cols)]
+        windows = [-(-(n * step + m0 + m1) // 2) for n in (rows, cols)]
+        wrong = {"windows straddling both axes counted twice: a window that mixes crops across a row boundary and a "
+                 "column boundary is one token": per_axis[0] * windows[1] + windows[0] * per_axis[1]}
+        return _straddling_by_counting(rows, cols, crop_patches, margins), wrong
+
+    student = _student_function(namespace, "straddling_windows")
+    _compare_on_cases("straddling_windows", ("rows", "cols", "crop_patches", "margins"), student, reference, cases,
+                      _with_hint(_int_mismatch))

@@ -16,6 +16,7 @@ from molmo_lite.grading import (
     _exact_array_mismatch,
     _float_array_mismatch,
     _index_array_mismatch,
+    _int_mismatch,
     _randomize_,
     _student_function,
     _time_limit,
@@ -30,40 +31,54 @@ def _bool_array_mismatch(got: Any, expected: Any) -> str | None:
     return _exact_array_mismatch(got, expected, kinds="b", wanted="a bool tensor (True = may attend)")
 
 
-@check("04_language_model", "rms_norm")
-def check_rms_norm(namespace: dict) -> None:
-    """rms_norm(x, weight, eps) equals molmo_lite.llm.RMSNorm with the same weight and eps on 24 random cases (2-D and
-    3-D inputs, rows with a large mean, eps from 1e-6 to 1 so that where it is added matters)."""
+def _llm_configs() -> list[Any]:
+    """Molmo's LLMs (Qwen2-7B: 4 KV heads, OLMo-7B: 32), the course's presets, a head_dim override and random ones."""
+    from dataclasses import replace
+
+    from molmo_lite import config
+
+    presets = config.LLM_PRESETS
+    configs = [presets["qwen2-7b"], presets["olmo-7b"], presets["tiny"], presets["small"],
+               replace(presets["small"], head_dim=96)]
+    rng = random.Random(41)
+    for _ in range(8):
+        kv = rng.choice((1, 2, 4))
+        heads = kv * rng.choice((1, 2, 3))
+        configs.append(config.LLMConfig(vocab_size=50, hidden=heads * rng.choice((8, 16)), layers=rng.randint(1, 6),
+                                        heads=heads, kv_heads=kv, head_dim=rng.choice((None, 12)), intermediate=32))
+    return configs
+
+
+@check("04_language_model", "kv_cache_bytes")
+def check_kv_cache_bytes(namespace: dict) -> None:
+    """kv_cache_bytes(config, batch, tokens, bytes_per_value) equals the memory of the buffers molmo_lite.llm.KVCache
+    allocates (built on PyTorch's meta device: shapes, no memory) for Qwen2-7B, OLMo-7B, the course's presets, a
+    head_dim override and random configurations, 1 to 8 sequences of 1 to 32768 tokens, in 1, 2 and 4 bytes."""
     import torch
 
     from molmo_lite import llm
 
-    rng, gen = random.Random(41), _torch_generator(41)
-    cases = []
-    for _ in range(24):
-        dim = rng.choice((1, 2, 8, 33, 64))
-        shape = (rng.randint(1, 5), dim) if rng.random() < 0.5 else (rng.randint(1, 3), rng.randint(1, 5), dim)
-        x = torch.randn(shape, generator=gen) * rng.choice((0.1, 1.0, 10.0)) + rng.choice((0.0, 0.5, 3.0))
-        cases.append((x, 1 + 0.5 * torch.randn(dim, generator=gen), rng.choice((1e-6, 1e-5, 0.1, 1.0))))
+    dtypes = {1: torch.int8, 2: torch.bfloat16, 4: torch.float32}
+    rng = random.Random(42)
+    cases = [(cfg, rng.choice((1, 2, 8)), rng.choice((1, 2304, 4096, 32768, rng.randint(2, 999))),
+              rng.choice(tuple(dtypes))) for cfg in _llm_configs() for _ in range(3)]
 
-    def reference(x: Any, weight: Any, eps: float) -> tuple:
-        norm = llm.RMSNorm(x.shape[-1], eps)
-        with torch.no_grad():
-            norm.weight.copy_(weight)
-            expected = norm(x)
-        mean_square = x.pow(2).mean(-1, keepdim=True)
-        centred = x - x.mean(-1, keepdim=True)
+    def reference(cfg: Any, batch: int, tokens: int, bytes_per_value: int) -> tuple:
+        cache = llm.KVCache(cfg, batch, tokens, device="meta", dtype=dtypes[bytes_per_value])
+        size = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
+        per_kv_head = size // cfg.kv_heads
         wrong = {
-            "a LayerNorm: RMSNorm does not subtract the mean": centred
-            * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps) * weight,
-            "eps added outside the square root; it goes inside: x / sqrt(mean(x^2) + eps)": x
-            / (mean_square.sqrt() + eps) * weight,
-            "the weight is missing: multiply the normalised x by weight": x * torch.rsqrt(mean_square + eps),
+            "one key/value head per query head (multi-head attention): with grouped-query attention only "
+            "config.kv_heads heads are cached": per_kv_head * cfg.heads,
+            "the keys only: the cache holds the values too": size // 2,
+            "hidden // heads as the head size: use config.dim_per_head (head_dim may be set)":
+                size // cfg.dim_per_head * (cfg.hidden // cfg.heads),
         }
-        return expected, wrong
+        return size, {hint: n for hint, n in wrong.items() if n != size}
 
-    student = _student_function(namespace, "rms_norm")
-    _compare_on_cases("rms_norm", ("x", "weight", "eps"), student, reference, cases, _with_hint(_float_array_mismatch))
+    student = _student_function(namespace, "kv_cache_bytes")
+    _compare_on_cases("kv_cache_bytes", ("config", "batch", "tokens", "bytes_per_value"), student, reference, cases,
+                      _with_hint(_int_mismatch))
 
 
 def _random_positions(rng: random.Random, gen: Any, b: int, t: int) -> Any:
@@ -84,73 +99,87 @@ def _random_positions(rng: random.Random, gen: Any, b: int, t: int) -> Any:
     return torch.randint(0, 64, (b, t), generator=gen)
 
 
-@check("04_language_model", "rope")
-def check_rope(namespace: dict) -> None:
-    """rope(x, positions, theta) equals molmo_lite.llm.apply_rope(x, *rope_cos_sin(positions, d, theta)) on 24 random
-    cases (head sizes 2 to 64, thetas 100 to 1e6, positions from a cache offset, left padding or unsorted)."""
+@check("04_language_model", "rope_interleaved")
+def check_rope_interleaved(namespace: dict) -> None:
+    """rope_interleaved(x, positions, theta) equals a complex-number RoPE (each neighbouring pair (x[2i], x[2i+1]) as
+    one complex number, multiplied by exp(i * position * theta^(-2i/d)), in float64) on 24 random cases (head sizes 2
+    to 64, thetas 100 to 1e6, positions from a cache offset, left padding or unsorted)."""
     import torch
 
     from molmo_lite import llm
 
-    rng, gen = random.Random(42), _torch_generator(42)
+    rng, gen = random.Random(43), _torch_generator(43)
     cases = []
     for _ in range(24):
         b, h, t, d = rng.randint(1, 3), rng.randint(1, 4), rng.randint(1, 7), rng.choice((2, 4, 8, 16, 64))
         cases.append((torch.randn(b, h, t, d, generator=gen), _random_positions(rng, gen, b, t),
                       rng.choice((100.0, 10_000.0, 1_000_000.0))))
 
+    def complex_rope(x: Any, positions: Any, theta: float) -> Any:
+        d = x.shape[-1]
+        angles = positions.double()[:, None, :, None] / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+        pairs = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
+        return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
+
     def reference(x: Any, positions: Any, theta: float) -> tuple:
         d = x.shape[-1]
         cos, sin = llm.rope_cos_sin(positions, d, theta)
-        angles = positions.double()[..., None] / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-        even, odd = x[..., 0::2].double(), x[..., 1::2].double()  # pairs (x[2i], x[2i + 1])
-        c, s = angles.cos()[:, None], angles.sin()[:, None]
-        interleaved = torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2)
         arange = torch.arange(x.shape[2]).expand(x.shape[0], -1)
         wrong = {
-            "interleaved pairs (x[2i], x[2i+1]); molmo_lite (like Qwen2 and OLMo 2) rotates the pairs "
-            "(x[i], x[i + d/2]), the first half with the second": interleaved,
-            "a rotation the wrong way round (the sign of sin flipped)": llm.apply_rope(x, cos, -sin),
-            "positions 0..T-1: use the `positions` given": llm.apply_rope(x, *llm.rope_cos_sin(arange, d, theta)),
+            "the half-split convention (x[i], x[i + d/2]) of Qwen2 and molmo_lite: this exercise rotates "
+            "neighbouring channels (x[2i], x[2i+1])": llm.apply_rope(x, cos, sin),
+            "a rotation the wrong way round (the sign of sin flipped)": complex_rope(x, -positions, theta),
+            "positions 0..T-1: use the `positions` given": complex_rope(x, arange, theta),
         }
-        return llm.apply_rope(x, cos, sin), wrong
+        return complex_rope(x, positions, theta), wrong
 
-    student = _student_function(namespace, "rope")
-    _compare_on_cases("rope", ("x", "positions", "theta"), student, reference, cases, _with_hint(_float_array_mismatch))
+    student = _student_function(namespace, "rope_interleaved")
+    _compare_on_cases("rope_interleaved", ("x", "positions", "theta"), student, reference, cases,
+                      _with_hint(_float_array_mismatch))
 
 
-@check("04_language_model", "gqa_attention")
-def check_gqa_attention(namespace: dict) -> None:
-    """gqa_attention(q, k, v) equals torch's causal scaled_dot_product_attention with each key/value head shared by
-    H / KV consecutive query heads (what molmo_lite.llm.Attention computes) on 24 random cases."""
+@check("04_language_model", "cached_gqa_attention")
+def check_cached_gqa_attention(namespace: dict) -> None:
+    """cached_gqa_attention(q, k, v) equals the last Tq rows of causal grouped-query attention over the whole
+    sequence (torch's scaled_dot_product_attention after putting random queries in front of q for the cached
+    positions) on 30 random cases: one new token after a cache, several, none cached, GQA and plain multi-head."""
     import torch
     import torch.nn.functional as F
 
-    rng, gen = random.Random(43), _torch_generator(43)
+    rng, gen = random.Random(44), _torch_generator(44)
     cases = []
-    for k in range(24):
-        b, kv, t, d = rng.randint(1, 2), rng.choice((1, 2, 3)), rng.randint(1, 7), rng.choice((2, 4, 8))
+    for k in range(30):
+        b, kv, d = rng.randint(1, 2), rng.choice((1, 2, 3)), rng.choice((2, 4, 8))
         heads = kv * (rng.choice((2, 4)) if k % 4 else 1)  # every fourth case plain multi-head attention
-        q = torch.randn(b, heads, t, d, generator=gen)
-        cases.append((q, torch.randn(b, kv, t, d, generator=gen), torch.randn(b, kv, t, d, generator=gen)))
+        t_k = rng.randint(1, 9)
+        t_q = (1, t_k, rng.randint(1, t_k))[k % 3]          # a decoding step, no cache, a chunk after a cache
+        cases.append((torch.randn(b, heads, t_q, d, generator=gen), torch.randn(b, kv, t_k, d, generator=gen),
+                      torch.randn(b, kv, t_k, d, generator=gen)))
+    fillers = _torch_generator(45)
 
     def reference(q: Any, k: Any, v: Any) -> tuple:
         group = q.shape[1] // k.shape[1]
+        t_q, t_k = q.shape[2], k.shape[2]
         k_rep, v_rep = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        k_tiled, v_tiled = k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1)
+        earlier = torch.randn(q.shape[0], q.shape[1], t_k - t_q, q.shape[3], generator=fillers)
+        whole = F.scaled_dot_product_attention(torch.cat([earlier, q], dim=2), k_rep, v_rep, is_causal=True)
         wrong = {
+            "the causal mask aligned to the top left (what is_causal=True does when Tq < Tk): query i is at position "
+            "Tk - Tq + i, so it sees the keys up to there": F.scaled_dot_product_attention(q, k_rep, v_rep,
+                                                                                            is_causal=True),
             "`repeat` (kv heads 0, 1, 0, 1, ...): query head h shares kv head h // (H // KV), so use "
-            "`repeat_interleave` (0, 0, 1, 1, ...)": F.scaled_dot_product_attention(q, k_tiled, v_tiled,
-                                                                                     is_causal=True),
-            "attention without the causal mask: query t must not see keys after t": F.scaled_dot_product_attention(
-                q, k_rep, v_rep),
-            "scores divided by d instead of sqrt(d)": F.scaled_dot_product_attention(
-                q, k_rep, v_rep, is_causal=True, scale=1 / q.shape[-1]),
+            "`repeat_interleave` (0, 0, 1, 1, ...)": F.scaled_dot_product_attention(
+                torch.cat([earlier, q], dim=2), k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1),
+                is_causal=True)[:, :, t_k - t_q:],
         }
-        return F.scaled_dot_product_attention(q, k_rep, v_rep, is_causal=True), wrong
+        if t_q < t_k:
+            wrong["no mask at all: the queries of a chunk must not see the keys after them"] = (
+                F.scaled_dot_product_attention(q, k_rep, v_rep))
+        return whole[:, :, t_k - t_q:], wrong
 
-    student = _student_function(namespace, "gqa_attention")
-    _compare_on_cases("gqa_attention", ("q", "k", "v"), student, reference, cases, _with_hint(_float_array_mismatch))
+    student = _student_function(namespace, "cached_gqa_attention")
+    _compare_on_cases("cached_gqa_attention", ("q", "k", "v"), student, reference, cases,
+                      _with_hint(_float_array_mismatch))
 
 
 @check("04_language_model", "causal_padding_mask")

@@ -39,42 +39,14 @@ class _Chars:
         return self.images[token]
 
 
-def _random_pack(rng: random.Random, n_annotations: int) -> Any:
+def _random_pack(rng: random.Random, n_annotations: int, weighting: str = "root_subsegments") -> Any:
     from molmo_lite.prompts import pack
 
     image = [] if rng.random() < 0.15 else ["<im_start>"] + ["<im_patch>", "<im_col>"] * rng.randint(1, 5) + ["<im_end>"]
     words = ("red", "two", "circle", "yes", "at the top", "What is it?", "How many?")
     annotations = [[(" User: " + rng.choice(words) + " Assistant:", " ".join(rng.sample(words, rng.randint(1, 3))))
                     for _ in range(rng.randint(1, 2))] for _ in range(n_annotations)]
-    return pack(_Chars(), annotations, image)
-
-
-@check("05_assembling_molmo", "add_image_features")
-def check_add_image_features(namespace: dict) -> None:
-    """add_image_features(embeds, input_ids, features, patch_id) equals MolmoLite.embed's rule (features added at the
-    <im_patch> positions in reading order) on 20 random batches."""
-    import torch
-
-    rng, gen = random.Random(51), _torch_generator(51)
-    cases = []
-    for _ in range(20):
-        b, t, d = rng.randint(1, 3), rng.randint(1, 12), rng.choice((1, 4, 16))
-        ids = torch.randint(0, 12, (b, t), generator=gen)
-        n = int((ids == PATCH_ID).sum())
-        cases.append((torch.randn(b, t, d, generator=gen), ids, torch.randn(n, d, generator=gen), PATCH_ID))
-
-    def reference(embeds: Any, input_ids: Any, features: Any, patch_id: int) -> tuple:
-        where = (input_ids == patch_id).nonzero(as_tuple=True)
-        expected = embeds.index_put(where, features, accumulate=True)
-        wrong = {
-            "the features replace the embeddings; Molmo ADDS them (x[patch] += feature)": embeds.index_put(where,
-                                                                                                          features),
-        }
-        return expected, wrong
-
-    student = _student_function(namespace, "add_image_features")
-    _compare_on_cases("add_image_features", ("embeds", "input_ids", "features", "patch_id"), student, reference,
-                      cases, _with_hint(_float_array_mismatch))
+    return pack(_Chars(), annotations, image, weighting=weighting)
 
 
 @check("05_assembling_molmo", "packing_mask")
@@ -176,3 +148,72 @@ def check_masked_answer_loss(namespace: dict) -> None:
     student = _student_function(namespace, "masked_answer_loss")
     _compare_on_cases("masked_answer_loss", ("logits", "targets", "weights"), student, reference, cases,
                       _with_hint(_float_array_mismatch))
+
+
+def _loss_weight_cases(rng: random.Random, n: int) -> tuple[list[tuple], dict[int, list]]:
+    """(answer_tokens, weighting) cases made from real packs of random annotations, and the packs of each case (by
+    the id of its answer_tokens list): the number of loss tokens of every annotation is read off each pack."""
+    cases, packs_of = [], {}
+    sizes = [(1,), (1, 1), (16, 1), (3, 2, 1, 4)]
+    for k in range(n):
+        per_example = sizes[k] if k < len(sizes) else tuple(rng.randint(1, 8) for _ in range(rng.randint(1, 4)))
+        weighting = "none" if k % 5 == 4 else "root_subsegments"
+        packs = [_random_pack(rng, n_annotations, weighting) for n_annotations in per_example]
+        answer_tokens = [[int(((p.subsegment_ids == a) & (p.loss_weights > 0)).sum())
+                          for a in range(1, p.n_annotations + 1)] for p in packs]
+        cases.append((answer_tokens, weighting))
+        packs_of[id(answer_tokens)] = packs
+    return cases, packs_of
+
+
+@check("05_assembling_molmo", "annotation_loss_weights")
+def check_annotation_loss_weights(namespace: dict) -> None:
+    """annotation_loss_weights(answer_tokens, weighting) equals, for every annotation of a batch of real packs
+    (molmo_lite.prompts.pack), the sum of its tokens' loss weights divided by the batch's number of loss tokens (how
+    molmo_lite.model.answer_loss normalises), on 30 random batches of 1 to 4 images with 1 to 16 annotations, with
+    Molmo's sqrt(1/N) weighting and without."""
+    import math
+
+    rng = random.Random(51)
+    cases, packs_of = _loss_weight_cases(rng, 30)
+
+    def reference(answer_tokens: list, weighting: str) -> tuple:
+        packs = packs_of[id(answer_tokens)]
+        n_loss = sum(int((p.loss_weights > 0).sum()) for p in packs)
+        expected = [[float(p.loss_weights[(p.subsegment_ids == a) & (p.loss_weights > 0)].sum()) / n_loss
+                     for a in range(1, p.n_annotations + 1)] for p in packs]
+        flat = [(L, len(ex)) for ex in answer_tokens for L in ex]
+        root = (lambda n: math.sqrt(1 / n)) if weighting == "root_subsegments" else (lambda n: 1.0)
+        total_weight = sum(L * root(n) for L, n in flat)
+        wrong = {
+            "divided by the sum of the weights: Molmo divides by the NUMBER of loss tokens in the batch":
+                [[L * root(len(ex)) / total_weight for L in ex] for ex in answer_tokens],
+            "not divided by the number of loss tokens in the batch (the loss is a token-weighted mean)":
+                [[L * root(len(ex)) for L in ex] for ex in answer_tokens],
+        }
+        if weighting == "root_subsegments":
+            wrong["each annotation weighted sqrt(N): the weight is sqrt(1/N), N = the image's annotations"] = [
+                [L * math.sqrt(len(ex)) / n_loss for L in ex] for ex in answer_tokens]
+            wrong["the weighting left out: with \"root_subsegments\" every token of an image with N annotations "
+                  "weighs sqrt(1/N)"] = [[L / n_loss for L in ex] for ex in answer_tokens]
+        return expected, wrong
+
+    student = _student_function(namespace, "annotation_loss_weights")
+    _compare_on_cases("annotation_loss_weights", ("answer_tokens", "weighting"), student, reference, cases,
+                      _with_hint(_nested_float_mismatch))
+
+
+def _nested_float_mismatch(got: Any, expected: list[list[float]]) -> str | None:
+    """A list (one per image) of lists (one per annotation) of numbers equal to the expected (relative 1e-6: the
+    packs' loss weights are float32)."""
+    try:
+        values = [[float(v) for v in row] for row in got]
+    except (TypeError, ValueError):
+        return f"returned {got!r}, expected a list of lists of floats like {expected!r}"
+    if [len(row) for row in values] != [len(row) for row in expected]:
+        return f"returned {values!r}, expected {expected!r} (one list per image, one number per annotation)"
+    for i, (row, want) in enumerate(zip(values, expected)):
+        for j, (v, e) in enumerate(zip(row, want)):
+            if not abs(v - e) <= 1e-6 * abs(e) + 1e-12:
+                return f"gave image {i}, annotation {j} the weight {v:.6g} instead of {e:.6g}"
+    return None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from typing import Any
 
 from molmo_lite.grading import _compare_on_cases, _student_function, _with_hint, check
@@ -29,57 +28,8 @@ def _sizes(rng: random.Random, k: int, high: int = 12) -> int:
     return k % 4 if k % 4 < 3 else rng.randint(3, high)
 
 
-def _text_mismatch(got: Any, expected: str) -> str | None:
-    if not isinstance(got, str):
-        return f"returned a {type(got).__name__}, expected the str {expected!r}"
-    return None if got == expected else f"returned {got!r}, expected {expected!r}"
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# Exercise 1: points_to_text
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _format_variants(points: list[tuple[float, float]], label: str) -> dict[str, str]:
-    """Plausible wrong answers, each with the mistake it shows."""
-    ordered = sorted((round(x, 1), round(y, 1)) for x, y in points)
-    unsorted = [(round(x, 1), round(y, 1)) for x, y in points]
-
-    def tag(pts: list[tuple[float, float]], start: int = 1, fmt: Callable[[float], str] = "{:.1f}".format) -> str:
-        coords = " ".join(f'x{i}="{fmt(x)}" y{i}="{fmt(y)}"' for i, (x, y) in enumerate(pts, start=start))
-        return f'<points {coords} alt="{label}">{label}</points>'
-
-    wrong = {
-        "the points are not sorted: Molmo writes them sorted by x, then by y": tag(unsorted),
-        "indices counted from 0: Molmo numbers them x1, y1, x2, y2, ...": tag(ordered, start=0),
-        "coordinates not printed with one decimal: round to 0.1 and print with %.1f (61.5, 40.0)": tag(
-            [(x, y) for x, y in points], fmt=str),
-    }
-    if len(points) == 1:
-        wrong["a single point written as <points x1= y1=>: one point is <point x=\"..\" y=\"..\" ...>"] = tag(ordered)
-    if not points:
-        wrong['an empty tag for no points: Molmo answers "There are none."'] = tag([])
-    return wrong
-
-
-@check("06_pointing", "points_to_text")
-def check_points_to_text(namespace: dict) -> None:
-    """points_to_text(points, label) equals molmo_lite.pointing.points_to_text on 60 random point sets (0, 1, 2 and
-    up to 12 points, two decimals, shared x coordinates)."""
-    from molmo_lite import pointing
-
-    rng = random.Random(61)
-    cases = [(_random_points(rng, _sizes(rng, k)), rng.choice(LABELS)) for k in range(60)]
-
-    def reference(points: list, label: str) -> tuple:
-        return pointing.points_to_text(points, label), _format_variants(points, label)
-
-    student = _student_function(namespace, "points_to_text")
-    _compare_on_cases("points_to_text", ("points", "label"), student, reference, cases, _with_hint(_text_mismatch))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Exercise 2: parse_points
+# Exercise 1: parse_points, robust to what models write
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -114,30 +64,69 @@ def _answers(rng: random.Random, k: int) -> str:
     return f"{bad} {pointing.points_to_text(points, label)}"  # a point outside the image, then valid ones
 
 
-def _parse_variants(text: str) -> dict[str, list[tuple[float, float]]]:
+def _messy(rng: random.Random, text: str, k: int) -> Any:
+    """An answer as models and APIs hand it over: single quotes, spaces around "=", unquoted numbers, cut short by
+    max_new_tokens, bytes, or no text at all (chapter 06, "Reading answers back")."""
     import re
 
-    from molmo_lite import pointing
+    kind = k % 7
+    if kind == 1:
+        return text.replace('"', "'")
+    if kind == 2:
+        return re.sub(r'([xy]\d*)="', lambda m: m.group(1) + rng.choice((" = ", "= ", " =", "=")) + '"', text)
+    if kind == 3:
+        return re.sub(r'([xy]\d*)="([0-9.]+)"', r"\1=\2", text)
+    if kind == 4:
+        return text[: rng.randint(0, len(text))]
+    if kind == 5:
+        return text.encode("utf-8")
+    if kind == 6 and k % 14 == 6:
+        return rng.choice((None, 42, 3.5))
+    return text
 
-    all_points = [(float(x), float(y)) for x, y in re.findall(r'x\d*="([0-9.]+)"\s+y\d*="([0-9.]+)"', text)]
-    first_tag = text.split("</point", 1)[0]
-    return {
-        "kept a point with a coordinate above 100: drop it, as Molmo does": all_points,
-        "read only the first tag: an answer may hold several tags": [
-            (p.x, p.y) for p in pointing.parse_points(first_tag)],
-    }
+
+def _simple_reader(text: Any) -> Any:
+    """Chapter 06's my_parse_points: the clean format only."""
+    import re
+
+    points = []
+    for tag in re.finditer(r"<points?\s[^>]*>", text):
+        coords: dict = {}
+        for axis, index, value in re.findall(r'([xy])(\d*)="([0-9.]+)"', tag.group(0)):
+            coords.setdefault(index, {})[axis] = float(value)
+        points += [(c["x"], c["y"]) for c in coords.values() if c.keys() == {"x", "y"} and max(c.values()) <= 100]
+    return points
+
+
+def _parse_variants(text: Any) -> dict[str, Any]:
+    import re
+
+    if not isinstance(text, str):
+        return {}
+    try:
+        simple = _simple_reader(text)
+    except Exception:  # noqa: BLE001
+        simple = None
+    wrong = {"the chapter's reader, which knows the clean format only (double quotes, no spaces around \"=\", a "
+             "complete tag)": simple}
+    unclosed = [(float(x), float(y)) for x, y in re.findall(
+        r"""x\d*\s*=\s*["']?([0-9]+(?:\.[0-9]*)?)["']?\s+y\d*\s*=\s*["']?([0-9]+(?:\.[0-9]*)?)""", text)]
+    wrong["a value whose quote is never closed (the answer was cut inside it) read as a number: it does not count"] = [
+        p for p in unclosed if max(p) <= 100]
+    return {hint: v for hint, v in wrong.items() if v is not None}
 
 
 @check("06_pointing", "parse_points")
 def check_parse_points(namespace: dict) -> None:
-    """parse_points(text) returns the (x, y) pairs of molmo_lite.pointing.parse_points on 60 answers in Molmo's
-    format: pointing, counting, "There are none.", prose with several tags, and points outside 0-100."""
+    """parse_points(text) returns the (x, y) pairs of molmo_lite.pointing.parse_points on 120 answers: Molmo's
+    pointing and counting formats, "There are none.", prose with several tags, points outside 0-100, and the same
+    with single quotes, spaces around "=", unquoted numbers, cut short, as bytes, or not text at all."""
     from molmo_lite import pointing
 
     rng = random.Random(62)
-    cases = [(_answers(rng, k),) for k in range(60)]
+    cases = [(_messy(rng, _answers(rng, k), k),) for k in range(120)]
 
-    def reference(text: str) -> tuple:
+    def reference(text: Any) -> tuple:
         return [(p.x, p.y) for p in pointing.parse_points(text)], _parse_variants(text)
 
     student = _student_function(namespace, "parse_points")
@@ -145,7 +134,7 @@ def check_parse_points(namespace: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Exercise 3: pointing_f1
+# Exercise 2: max_hits_f1
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -158,11 +147,18 @@ def _float_mismatch(got: Any, expected: float) -> str | None:
 
 
 def _f1_cases(rng: random.Random, n: int) -> list[tuple]:
-    """(pred, gt, threshold): jittered copies of the ground truth, extra and missing points, crowds around one point,
-    empty ground truth or predictions."""
+    """(pred, gt, threshold): the worked examples, configurations where matching by total distance loses hits,
+    jittered copies of the ground truth, extra and missing points, crowds around one point, empty sets."""
     cases = [([], [], 5.0), ([(10.0, 10.0)], [], 5.0), ([], [(10.0, 10.0)], 5.0),
-             ([(51.0, 50.0), (49.0, 50.0)], [(50.0, 50.0)], 5.0), ([(17.0, 10.0)], [(10.0, 10.0)], 5.0)]
+             ([(51.0, 50.0), (49.0, 50.0)], [(50.0, 50.0)], 5.0), ([(17.0, 10.0)], [(10.0, 10.0)], 5.0),
+             ([(45.0, 41.0), (40.0, 57.0)], [(41.0, 42.0), (57.0, 41.0)], 5.0)]
     while len(cases) < n:
+        if len(cases) % 3 == 0:  # a crowded patch: where the total distance and the number of hits disagree
+            k = rng.randint(2, 5)
+            gt = [(rng.uniform(40, 60), rng.uniform(40, 60)) for _ in range(k)]
+            pred = [(rng.uniform(40, 60), rng.uniform(40, 60)) for _ in range(rng.randint(1, 5))]
+            cases.append((pred, gt, rng.choice((3.0, 5.0, 8.0))))
+            continue
         gt = _random_points(rng, rng.randint(0, 6))
         noise = rng.choice((0.5, 3.0, 6.0, 12.0))
         pred = [(min(100.0, max(0.0, x + rng.gauss(0, noise))), min(100.0, max(0.0, y + rng.gauss(0, noise))))
@@ -176,43 +172,112 @@ def _f1_cases(rng: random.Random, n: int) -> list[tuple]:
     return cases
 
 
-def _f1_variants(pred: list, gt: list, threshold: float) -> dict[str, float]:
+def _max_hits(pred: list, gt: list, limit: float) -> int:
+    """The largest number of one-to-one (prediction, ground truth) pairs within ``limit``: a maximum bipartite
+    matching by augmenting paths (Kuhn's algorithm), no assignment solver involved."""
+    near = [[j for j, g in enumerate(gt) if math.dist(p, g) <= limit] for p in pred]
+    owner: dict[int, int] = {}  # ground-truth point -> the prediction matched to it
+
+    def augment(i: int, seen: set) -> bool:
+        for j in near[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in owner or augment(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return sum(augment(i, set()) for i in range(len(pred)))
+
+
+@check("06_pointing", "max_hits_f1")
+def check_max_hits_f1(namespace: dict) -> None:
+    """max_hits_f1(pred, gt, threshold) equals the F1 of a maximum one-to-one matching of the pairs within the
+    threshold (found by augmenting paths) on 90 cases: the empty cases, crowded patches where Molmo's matching by
+    total distance loses hits, jittered, extra and missing points, crowds around one point."""
     from molmo_lite import pointing
 
-    def f1(hits_pred: int, hits_gt: int) -> float:
-        if not pred or not gt:
-            return 0.0
-        return pointing.f1_score(hits_pred / len(pred), hits_gt / len(gt))
-
-    limit = threshold / 100 * math.hypot(100, 100)
-    near = [[math.dist(p, g) <= limit for g in gt] for p in pred]
-    wrong = {
-        "a prediction counted for every ground-truth point near it (no one-to-one matching): match them with the "
-        "Hungarian algorithm, scipy.optimize.linear_sum_assignment": f1(
-            sum(any(row) for row in near), sum(any(row[j] for row in near) for j in range(len(gt)))),
-        "the threshold used as a distance: it is a percent of the image diagonal, 100 * sqrt(2) in 0-100 units":
-            pointing.pointing_metrics(pred, gt, threshold / math.sqrt(2)).f1,
-    }
-    if not gt:
-        wrong["the empty ground-truth rule: with nothing to find, F1 is 1 when nothing is predicted, else 0"] = (
-            1.0 - float(not pred))
-    return wrong
-
-
-@check("06_pointing", "pointing_f1")
-def check_pointing_f1(namespace: dict) -> None:
-    """pointing_f1(pred, gt, threshold) equals molmo_lite.pointing.pointing_metrics(pred, gt, threshold).f1 on 60
-    cases: empty ground truth or predictions, jittered, extra and missing points, crowds around one point."""
-    from molmo_lite import pointing
-
-    cases = _f1_cases(random.Random(63), 60)
+    cases = _f1_cases(random.Random(63), 90)
 
     def reference(pred: list, gt: list, threshold: float) -> tuple:
-        return pointing.pointing_metrics(pred, gt, threshold).f1, _f1_variants(pred, gt, threshold)
+        wrong = {"Molmo's matching (Hungarian on the distances, pairs judged afterwards), which can lose hits: "
+                 "maximise the number of pairs within the threshold instead":
+                 pointing.pointing_metrics(pred, gt, threshold).f1}
+        if not gt:
+            return float(not pred), wrong
+        if not pred:
+            return 0.0, wrong
+        limit = threshold / 100 * math.hypot(100, 100)
+        near = [[math.dist(p, g) <= limit for g in gt] for p in pred]
+        greedy_pred, greedy_gt = sum(any(row) for row in near), sum(any(row[j] for row in near) for j in range(len(gt)))
+        wrong["a prediction counted for every ground-truth point near it (no one-to-one matching)"] = (
+            pointing.f1_score(greedy_pred / len(pred), greedy_gt / len(gt)))
+        hits = _max_hits(pred, gt, limit)
+        return 2 * hits / (len(pred) + len(gt)), wrong
 
-    student = _student_function(namespace, "pointing_f1")
-    _compare_on_cases("pointing_f1", ("pred", "gt", "threshold"), student, reference, cases,
+    student = _student_function(namespace, "max_hits_f1")
+    _compare_on_cases("max_hits_f1", ("pred", "gt", "threshold"), student, reference, cases,
                       _with_hint(_float_mismatch))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exercise 3: hit_radius
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _largest_hit_offset(threshold: float, image_size: Any, axis: int) -> float:
+    """By bisection on molmo_lite.pointing.pointing_metrics: the largest offset along ``axis`` (0 = x, 1 = y), in
+    percent, at which a prediction still hits a ground-truth point at (0, 0)."""
+    from molmo_lite import pointing
+
+    def hit(offset: float) -> bool:
+        pred = (offset, 0.0) if axis == 0 else (0.0, offset)
+        return pointing.pointing_metrics([pred], [(0.0, 0.0)], threshold, image_size=image_size).f1 == 1.0
+
+    low, high = 0.0, 100.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if hit(middle) else (low, middle)
+    return low
+
+
+def _pair_mismatch(got: Any, expected: tuple[float, float]) -> str | None:
+    try:
+        dx, dy = (float(v) for v in got)
+    except (TypeError, ValueError):
+        return f"returned {got!r}, expected a pair (dx, dy) like ({expected[0]:.6g}, {expected[1]:.6g})"
+    if abs(dx - expected[0]) <= 1e-6 and abs(dy - expected[1]) <= 1e-6:
+        return None
+    return f"returned ({dx:.6g}, {dy:.6g}), expected ({expected[0]:.6g}, {expected[1]:.6g})"
+
+
+@check("06_pointing", "hit_radius")
+def check_hit_radius(namespace: dict) -> None:
+    """hit_radius(threshold, image_size) equals the largest horizontal and vertical offsets (percent of the width
+    and of the height) at which molmo_lite.pointing.pointing_metrics still counts a hit, found by bisection, on 30
+    cases: no image size (0-100 on both axes), square, landscape, portrait and panorama images, thresholds 1 to 10."""
+    rng = random.Random(64)
+    cases = [(5.0, None), (5.0, (640, 480)), (5.0, (1000, 1000)), (2.0, (4000, 1000)), (10.0, (480, 640))]
+    while len(cases) < 30:
+        w = rng.randint(50, 4000)
+        h = max(50, min(4000, int(w * rng.choice((1.0, 0.75, 1 / 3, 0.2, 4 / 3, 3.0, 5.0)))))
+        cases.append((rng.choice((1.0, 2.5, 5.0, 7.5, 10.0)), rng.choice(((w, h), (w, h), None))))
+
+    def reference(threshold: float, image_size: Any) -> tuple:
+        w, h = image_size or (100, 100)
+        square = threshold * math.sqrt(2)
+        diagonal = threshold / 100 * math.hypot(w, h)
+        wrong = {
+            "the 0-100 square's radius, threshold * sqrt(2): the image's own diagonal and sides decide":
+                (square, square),
+            "the axes swapped: a horizontal offset is a percent of the WIDTH": (diagonal / h * 100, diagonal / w * 100),
+            "the threshold itself: it is a percent of the image diagonal, not of a side": (threshold, threshold),
+        }
+        return (_largest_hit_offset(threshold, image_size, 0), _largest_hit_offset(threshold, image_size, 1)), wrong
+
+    student = _student_function(namespace, "hit_radius")
+    _compare_on_cases("hit_radius", ("threshold", "image_size"), student, reference, cases,
+                      _with_hint(_pair_mismatch))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

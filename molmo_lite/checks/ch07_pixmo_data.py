@@ -85,6 +85,53 @@ def check_hand_angles(namespace: dict) -> None:
                       _with_hint(lambda got, exp: _float_array_mismatch(got, exp, tolerance=1e-6)))
 
 
+def _time_mismatch(got: Any, expected: tuple[int, int]) -> str | None:
+    try:
+        hour, minute = (int(v) for v in got)
+        exact = all(float(v) == int(v) for v in got)
+    except (TypeError, ValueError):
+        return f"returned {got!r}, expected the time (hour, minute) = {expected!r}"
+    if not exact or (hour, minute) != tuple(expected):
+        return f"returned {tuple(got)!r}, expected {tuple(expected)!r}"
+    return None
+
+
+@check("07_pixmo_data", "read_clock")
+def check_read_clock(namespace: dict) -> None:
+    """read_clock(hour_angle, minute_angle) returns the time whose hands molmo_lite.data.clocks.hand_angles draws,
+    from angles measured with an error below 3 degrees (minute hand) and 15 degrees (hour hand): every hour at
+    minutes 0, 1, 29, 30, 31, 59 with the largest errors either way, and 150 random times with random errors."""
+    from molmo_lite.data import clocks
+
+    rng = random.Random(74)
+    cases, truth = [], {}
+
+    def add(hour: int, minute: int, hour_error: float, minute_error: float) -> None:
+        hour_angle, minute_angle, _ = clocks.hand_angles(hour, minute)
+        case = ((hour_angle + hour_error) % 360.0, (minute_angle + minute_error) % 360.0)
+        truth[case] = (hour, minute)
+        cases.append(case)
+
+    for hour in range(1, 13):
+        for minute in (0, 1, 29, 30, 31, 59):
+            add(hour, minute, 0.0, 0.0)
+            add(hour, minute, rng.choice((-14.9, 14.9)), rng.choice((-2.95, 2.95)))
+    for _ in range(150):
+        add(rng.randint(1, 12), rng.randint(0, 59), rng.uniform(-14.9, 14.9), rng.uniform(-2.95, 2.95))
+
+    def reference(hour_angle: float, minute_angle: float) -> tuple:
+        expected = truth[(hour_angle, minute_angle)]
+        floor_hour = int(hour_angle // 30) % 12 or 12
+        wrong = {"the hour read off the hour hand alone, floor(angle / 30): near the hour it is off by one; the "
+                 "minute hand says how far past the hour the hour hand must be": (floor_hour, expected[1]),
+                 "hour 0 for twelve o'clock: clocks say 12": (expected[0] % 12, expected[1])}
+        return expected, {hint: t for hint, t in wrong.items() if t != expected}
+
+    student = _student_function(namespace, "read_clock")
+    _compare_on_cases("read_clock", ("hour_angle", "minute_angle"), student, reference, cases,
+                      _with_hint(_time_mismatch))
+
+
 @check("07_pixmo_data", "sqrt_mixture_rates")
 def check_sqrt_mixture_rates(namespace: dict) -> None:
     """sqrt_mixture_rates(sizes, groups) equals molmo_lite.data.collate.mixture_rates on 20 random mixtures."""
