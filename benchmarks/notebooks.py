@@ -58,6 +58,10 @@ SYLLABUS: dict[str, tuple[str, str, str, str]] = {
     "12": ("multi-GPU", "torchrun, DDP and FSDP2 with the same trainer, no redundant all-reduce under accumulation, "
            "checkpoints across world sizes, activation checkpointing", "1 process with the same global batch (equal "
            "weights)", "yes (several GPUs)"),
+    "13": ("released Molmo", "`MolmoLite.from_released`: allenai's Molmo-7B-D / 7B-O layout tensor by tensor, the "
+           "fused q/k/v and up/gate split, memory in fp32 / bf16 / NF4 from the shapes, prompt and pointing, clear "
+           "errors for bad folders, Molmo2's changes", "the model a tiny released-layout checkpoint was written from "
+           "(logits to 1e-5); `transformers`' Molmo2 loader (same split)", "yes (the real 7B, after a download)"),
 }
 
 

@@ -53,5 +53,5 @@ def hub_folder(source: str | Path, allow_patterns: list[str] | None = None) -> P
     except Exception as err:  # offline, unknown repo, gated model: say which and how to proceed
         raise RuntimeError(
             f"could not get {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}). Offline? On a machine "
-            f"with network access run `huggingface-cli download {source} --local-dir DIR` and pass DIR instead."
+            f"with network access run `hf download {source} --local-dir DIR` (huggingface_hub's CLI) and pass DIR instead."
         ) from err

@@ -428,8 +428,8 @@ def test_a_hub_id_offline_gives_the_course_message(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.chdir(tmp_path)  # no folder of that name here
-    with pytest.raises(RuntimeError, match=r"could not get 'allenai/Molmo-7B-D-0924'.*Offline\?.*huggingface-cli "
-                                           r"download allenai/Molmo-7B-D-0924"):
+    with pytest.raises(RuntimeError, match=r"could not get 'allenai/Molmo-7B-D-0924'.*Offline\?.*hf download "
+                                           r"allenai/Molmo-7B-D-0924"):
         MolmoLite.from_released("allenai/Molmo-7B-D-0924")
 
 

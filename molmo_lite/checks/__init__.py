@@ -13,4 +13,5 @@ from . import (  # noqa: F401
     ch10_evaluation,
     ch11_quantized_qlora,
     ch12_multi_gpu,
+    ch13_released_molmo,
 )

@@ -1,0 +1,259 @@
+"""Chapter 13 exercise checks: the released Molmo 1 layout, compared with molmo_lite.released.
+
+split_att_proj and split_ff_proj against the package's own (which tests/test_released.py checks against transformers'
+Molmo2 loader); block_state against the parameters of an LLM whose released tensors were made with the package's
+name map; released_bytes against chapter 11's footprint_table, which counts molmo_lite's modules instead of the
+released names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any
+
+from molmo_lite.grading import _compare_on_cases, _describe, _student_function, _torch_generator, _with_hint, check
+
+CHAPTER = "13_released_molmo"
+
+
+def _labelled(config: Any, label: str) -> Any:
+    """A copy of a config dataclass that failure messages show as ``label`` instead of its long repr."""
+    cls = type(type(config).__name__, (type(config),), {"__repr__": lambda self: label})
+    return cls(**{f.name: getattr(config, f.name) for f in fields(config)})
+
+
+class _Tensors(dict):
+    """A dict of tensors that failure messages show by its size."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} released tensors>"
+
+
+def _parts_mismatch(got: Any, expected: tuple) -> str | None:
+    """A tuple (or list) of tensors equal, shape and value, to the expected parts."""
+    import torch
+
+    names = ("q", "k", "v") if len(expected) == 3 else ("up", "gate")
+    try:
+        got = tuple(got)
+    except TypeError:
+        return f"returned {_describe(got)}, expected a tuple ({', '.join(names)}) of tensors"
+    if len(got) != len(expected) or not all(isinstance(g, torch.Tensor) for g in got):
+        return f"returned {len(got)} values, expected a tuple of {len(expected)} tensors ({', '.join(names)})"
+    for name, g, e in zip(names, got, expected):
+        if tuple(g.shape) != tuple(e.shape):
+            return (f"gave {name} the shape {list(g.shape)}, expected {list(e.shape)} "
+                    f"(all shapes: {[list(x.shape) for x in got]}, expected {[list(x.shape) for x in expected]})")
+        if not torch.equal(g, e):
+            return f"gave {name} the right shape {list(e.shape)} but the wrong rows of the fused tensor"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exercise 1: split_att_proj
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@check(CHAPTER, "split_att_proj")
+def check_split_att_proj(namespace: dict) -> None:
+    """split_att_proj(fused, heads, kv_heads, head_dim) equals molmo_lite.released.split_att_proj on 12 fused
+    tensors: weights [rows, hidden] and biases [rows], grouped-query (7B-D: 28 heads, 4 kv heads of 128), multi-head
+    (7B-O), multi-query and odd sizes."""
+    import torch
+
+    from molmo_lite.released import split_att_proj
+
+    gen = _torch_generator(131)
+    cases = []
+    for heads, kv_heads, head_dim in ((4, 2, 16), (8, 8, 4), (6, 1, 5), (28, 4, 128), (32, 32, 4), (3, 3, 7)):
+        rows = (heads + 2 * kv_heads) * head_dim
+        cases.append((torch.randn(rows, 6, generator=gen), heads, kv_heads, head_dim))
+        cases.append((torch.randn(rows, generator=gen), heads, kv_heads, head_dim))  # a bias
+
+    def reference(fused, heads, kv_heads, head_dim):
+        q, kv = heads * head_dim, kv_heads * head_dim
+        wrong = {"k and v in the wrong order (att_proj holds q, then k, then v)":
+                 (fused[:q], fused[q + kv:], fused[q:q + kv]),
+                 "three equal thirds: with grouped-query attention k and v have kv_heads * head_dim rows each, "
+                 "fewer than q's heads * head_dim": tuple(fused.chunk(3, dim=0))}
+        return tuple(split_att_proj(fused, heads, kv_heads, head_dim)), wrong
+
+    student = _student_function(namespace, "split_att_proj")
+    _compare_on_cases("split_att_proj", ("fused", "heads", "kv_heads", "head_dim"), student, reference, cases,
+                      _with_hint(_parts_mismatch))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exercise 2: split_ff_proj
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@check(CHAPTER, "split_ff_proj")
+def check_split_ff_proj(namespace: dict) -> None:
+    """split_ff_proj(fused) equals molmo_lite.released.split_ff_proj (up first, then gate) on 6 fused MLP weights;
+    returning (gate, up) fails with a hint."""
+    import torch
+
+    from molmo_lite.released import split_ff_proj
+
+    gen = _torch_generator(132)
+    cases = [(torch.randn(2 * hidden, width, generator=gen),) for hidden, width in
+             ((96, 64), (3, 5), (1, 1), (384, 128), (18944, 2), (7, 11))]
+
+    def reference(fused):
+        up, gate = split_ff_proj(fused)
+        return (up, gate), {"the halves swapped: ff_proj holds up FIRST, then gate (the remote code's activation "
+                            "does x, gate = chunk(2) and returns silu(gate) * x)": (gate, up)}
+
+    student = _student_function(namespace, "split_ff_proj")
+    _compare_on_cases("split_ff_proj", ("fused",), student, reference, cases, _with_hint(_parts_mismatch))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exercise 3: block_state, one LLM block of a released checkpoint -> molmo_lite's parameters
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _released_llm(llm_config, seed: int) -> tuple[dict, dict]:
+    """A random LLM of ``llm_config``: (its tensors under the released names, its parameters under MolmoLite's
+    names ``llm.*``). The released tensors come from the package's name map (released_plan) and fusion."""
+    import torch
+
+    from molmo_lite.config import MOLMO_PRESETS
+    from molmo_lite.grading import _randomize_
+    from molmo_lite.llm import LLM
+    from molmo_lite.released import fuse_att_proj, fuse_ff_proj, released_plan
+
+    gen = _torch_generator(seed)
+    llm = _randomize_(LLM(llm_config), gen)
+    with torch.no_grad():  # norm scales away from 1, so that a norm read as the wrong one shows
+        for name, p in llm.named_parameters():
+            if "norm" in name:
+                p.add_(1.0)
+    ours = {f"llm.{k}": v.detach().clone() for k, v in llm.state_dict().items()}
+    tiny = MOLMO_PRESETS["tiny"]
+    config = replace(tiny, llm=llm_config, connector=replace(tiny.connector, llm_dim=llm_config.hidden))
+    fuse = {"plain": lambda parts: parts[0], "att_proj": lambda parts: fuse_att_proj(*parts),
+            "ff_proj": lambda parts: fuse_ff_proj(*parts)}
+    released = _Tensors({e.released: fuse[e.kind]([ours[n] for n in e.ours]).clone() for e in released_plan(config)
+                         if e.released.startswith("model.transformer.")})
+    return released, ours
+
+
+def _state_mismatch(got: Any, expected: tuple) -> str | None:
+    import torch
+
+    want, ours = expected
+    if not isinstance(got, dict):
+        return f"returned {_describe(got)}, expected a dict of molmo_lite parameter name -> tensor"
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        return (f"returned the wrong names: missing {missing[:4]}, unexpected {extra[:4]} "
+                f"(expected {sorted(want)[:3]} ...)")
+    for name in want:
+        g = got[name]
+        if not isinstance(g, torch.Tensor) or tuple(g.shape) != tuple(want[name].shape):
+            return f"returned {_describe(g)} for {name}, expected a tensor of shape {list(want[name].shape)}"
+        if not torch.equal(g, want[name]):
+            same_as = [n for n, v in ours.items() if n != name and v.shape == g.shape and torch.equal(v, g)]
+            hint = f": that is the tensor of {same_as[0]}" if same_as else ""
+            return f"returned the wrong values for {name}{hint}"
+    return None
+
+
+@check(CHAPTER, "block_state")
+def check_block_state(namespace: dict) -> None:
+    """block_state(released, i, llm) gives the molmo_lite parameters of LLM block i (names llm.blocks.{i}.*, the
+    fused tensors split) for 6 blocks of 4 random LLMs shaped like 7B-D (GQA, q/k/v biases), 7B-O (multi-head
+    attention, q/k norm, norm after), one with a single kv head and one with head_dim != hidden / heads."""
+    from molmo_lite.config import LLMConfig
+
+    d_like = _labelled(LLMConfig(vocab_size=64, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=48,
+                                 qkv_bias=True), "<LLMConfig like 7B-D: 4 heads, 2 kv heads, q/k/v biases>")
+    o_like = _labelled(LLMConfig(vocab_size=64, hidden=32, layers=3, heads=4, kv_heads=4, intermediate=40,
+                                 qk_norm=True, norm_after=True),
+                       "<LLMConfig like 7B-O: 4 heads = kv heads, q/k norm, norm after>")
+    mqa = _labelled(LLMConfig(vocab_size=64, hidden=24, layers=2, heads=3, kv_heads=1, intermediate=20,
+                              qkv_bias=True), "<LLMConfig: 3 heads, 1 kv head, q/k/v biases>")
+    wide = _labelled(LLMConfig(vocab_size=64, hidden=32, layers=2, heads=2, kv_heads=1, head_dim=24,
+                               intermediate=16), "<LLMConfig: hidden 32, 2 heads of 24 (dim_per_head), 1 kv head>")
+    cases, answers = [], {}
+    for seed, (llm, blocks) in enumerate(((d_like, (0, 1)), (o_like, (0, 2)), (mqa, (1,)), (wide, (0,))), 133):
+        released, ours = _released_llm(llm, seed)
+        for i in blocks:
+            want = {n: v for n, v in ours.items() if n.startswith(f"llm.blocks.{i}.")}
+            cases.append((released, i, llm))
+            answers[(id(released), i)] = (want, ours)
+
+    def reference(released, i, llm):
+        return answers[(id(released), i)]
+
+    student = _student_function(namespace, "block_state")
+    _compare_on_cases("block_state", ("released", "i", "llm"), student, reference, cases, _state_mismatch)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exercise 4: released_bytes, memory from the shapes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _fused_nf4_bytes(config) -> int:
+    """The NF4 count with att_proj and ff_proj quantized as ONE matrix each (not as molmo_lite holds them)."""
+    import math
+    import re
+
+    from molmo_lite.quantize import quantized_weight_bytes
+    from molmo_lite.released import released_shapes
+
+    total = 0
+    for key, shape in released_shapes(config).items():
+        if re.search(r"transformer\.blocks\.\d+\.(att_proj|attn_out|ff_proj|ff_out)\.weight$", key):
+            total += quantized_weight_bytes(shape[0], shape[1], "nf4")
+        else:
+            total += 2 * math.prod(shape)
+    return total
+
+
+@check(CHAPTER, "released_bytes")
+def check_released_bytes(namespace: dict) -> None:
+    """released_bytes(config, fmt) equals the total of chapter 11's footprint_table(config)[fmt] (which counts
+    molmo_lite's modules, not the released names) for fp32, bf16 and nf4 on 5 geometries: Molmo-7B-D, Molmo-7B-O,
+    the course's tiny preset and two tiny released-like ones."""
+    from molmo_lite.config import (MOLMO_PRESETS, ConnectorConfig, LLMConfig, MolmoConfig, PreprocessorConfig,
+                                   VisionConfig)
+    from molmo_lite.quantize import footprint_table
+
+    vision = VisionConfig(image_size=56, patch_size=14, width=32, layers=11, heads=2, mlp_width=64, act="quick_gelu",
+                          num_layers_used=10, feature_layers=(-2, -9), output_dim=None)
+    pre = PreprocessorConfig(crop_size=56, patch_size=14, max_crops=4, overlap_margins=(1, 1))
+    d_llm = LLMConfig(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, qkv_bias=True)
+    o_llm = LLMConfig(vocab_size=520, hidden=64, layers=3, heads=4, kv_heads=4, intermediate=80, qk_norm=True,
+                      norm_after=True)
+    tiny_like = [MolmoConfig(preprocessor=pre, vision=vision, llm=llm,
+                             connector=ConnectorConfig(input_dim=64, pool_dim=32, heads=2, head_dim=16,
+                                                       hidden_dim=llm.intermediate, llm_dim=64))
+                 for llm in (d_llm, o_llm)]
+    configs = [_labelled(MOLMO_PRESETS["molmo-7b-d"], "<Molmo-7B-D>"), _labelled(MOLMO_PRESETS["molmo-7b-o"],
+               "<Molmo-7B-O>"), _labelled(MOLMO_PRESETS["tiny"], "<the tiny preset>"),
+               _labelled(tiny_like[0], "<a tiny 7B-D-like MolmoConfig>"),
+               _labelled(tiny_like[1], "<a tiny 7B-O-like MolmoConfig>")]
+    cases = [(config, fmt) for config in configs for fmt in ("fp32", "bf16", "nf4")]
+    totals = {id(c): footprint_table(c)[-1] for c in configs}
+
+    def reference(config, fmt):
+        total = totals[id(config)]
+        wrong = {"bf16 for everything: in the nf4 format the LLM's projections are 4-bit": total["bf16"]}
+        if fmt == "nf4":
+            wrong["att_proj and ff_proj quantized as one matrix each: molmo_lite quantizes q, k, v, up and gate "
+                  "separately, each with its own blocks and tables"] = _fused_nf4_bytes(config)
+        return total[fmt], wrong
+
+    def mismatch(got, expected):
+        try:
+            same = int(got) == got and int(got) == expected
+        except (TypeError, ValueError):
+            same = False
+        return None if same else f"returned {got!r}, expected {expected:,} bytes"
+
+    student = _student_function(namespace, "released_bytes")
+    _compare_on_cases("released_bytes", ("config", "fmt"), student, reference, cases, _with_hint(mismatch))
