@@ -36,13 +36,13 @@ PACKAGES: dict[str, tuple[bool, str]] = {
     "pytest": (False, "`make test`"),
 }
 
-# Chapters and what they need beyond the CPU.
+# Chapters and what they need beyond the CPU (packages of PACKAGES, space-separated, or "torch.distributed").
 CHAPTERS = [
     ("00", "start here", "cpu"), ("01", "crops", "cpu"), ("02", "vision encoder", "cpu"), ("03", "connector", "cpu"),
     ("04", "language model", "cpu"), ("05", "assembling Molmo", "cpu"), ("06", "pointing", "cpu"),
     ("07", "PixMo data", "cpu"), ("08", "stage 1 captioning", "cpu"), ("09", "stage 2 SFT", "cpu"),
-    ("10", "evaluation", "cpu"), ("11", "quantized + QLoRA", "bitsandbytes"), ("12", "multi-GPU", "torch.distributed"),
-    ("13", "released Molmo", "bitsandbytes"),
+    ("10", "evaluation", "cpu"), ("11", "quantized + QLoRA", "bitsandbytes peft"),
+    ("12", "multi-GPU", "torch.distributed"), ("13", "released Molmo", "bitsandbytes"),  # 13: NF4 loads, no QLoRA
 ]
 
 
@@ -127,8 +127,8 @@ def chapter_findings(packages: list[Finding], devices: list[Finding]) -> list[Fi
     gpu = any(f.item.startswith("cuda:") for f in devices)
     found = []
     for number, title, needs in CHAPTERS:
-        wanted = {"bitsandbytes", "peft"} if number == "11" else {"bitsandbytes"}  # 13: NF4 loads, no QLoRA
-        if needs == "bitsandbytes" and not wanted <= have:
+        wanted = set(needs.split()) & set(PACKAGES)  # the optional packages it names ("cpu" names none)
+        if not wanted <= have:
             found.append(Finding(f"chapter {number}", "warn", f"{title}: install {' and '.join(sorted(wanted))}"))
             continue
         extra = ""
