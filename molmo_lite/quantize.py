@@ -169,7 +169,8 @@ def quantize_llm(model: MolmoLite | LLM, mode: str = "nf4", double_quant: bool =
     skip: names of layers to keep in full precision (a layer is skipped when one of the parts of its dotted name is
     listed); the output head by default, as transformers does. Embeddings and norms are never quantized.
     fused_cpu_kernel: allow bnb's bf16 CPU kernel for NF4 inference (see the module docstring; off = exact fp32).
-    Layers that are quantized already are left alone. Returns ``model``.
+    Layers that are quantized already, or whose weights are still on the meta device (not loaded yet), are left
+    alone, so a loader can call it after every shard. Returns ``model``.
     """
     _check_mode(mode)
     skip = set(skip)
@@ -179,6 +180,8 @@ def quantize_llm(model: MolmoLite | LLM, mode: str = "nf4", double_quant: bool =
             parts = (f"{parent_name}.{name}" if parent_name else name).split(".")
             if type(child) is not nn.Linear or skip & set(parts) or any(p.startswith("lora_") for p in parts):
                 continue  # quantized already (bnb layers subclass nn.Linear), skipped, or a LoRA adapter's matrix
+            if any(t.is_meta for t in child.parameters()):
+                continue  # not loaded yet (a model built on the meta device, filled shard by shard: released.py)
             setattr(parent, name, quantize_linear(child, mode, double_quant, compute_dtype, int8_threshold,
                                                   fused_cpu_kernel))
     # The flags transformers sets on a quantized model; peft reads them to wrap bnb layers in its bnb-aware LoRA layers.

@@ -17,7 +17,7 @@ and config.json says nothing about the vision side: the remote code hard-codes i
 Loading never holds more than the model plus the tensor being read: the model is built on PyTorch's meta device
 (shapes, no memory), the shards are read one after the other, memory-mapped with ``safetensors.safe_open``, every
 tensor is copied out in ``dtype`` as it is read and assigned into the model (``load_state_dict(assign=True)``), and
-with ``quantize="nf4"`` each LLM projection is quantized (chapter 11's ``quantize_linear``) as soon as its weights
+with ``quantize="nf4"`` each LLM projection is quantized (chapter 11's ``quantize_llm``) as soon as its weights
 are in.
 """
 
@@ -503,7 +503,7 @@ def load_released(path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32
     " User: ... Assistant:").
 
     dtype: every weight is converted to it as it is read (float32, or bfloat16 for half the memory). quantize="nf4":
-    the LLM's attention and MLP projections quantized by chapter 11's ``quantize_linear`` while loading (bitsandbytes;
+    the LLM's attention and MLP projections quantized by chapter 11's ``quantize_llm`` while loading (bitsandbytes;
     compute dtype = ``dtype``); ViT, connector, embeddings, head and norms stay in ``dtype``. device: where the
     tensors go ("cuda" for a GPU). tokenizer: a MolmoTokenizer to use instead of the folder's files.
     """
@@ -578,30 +578,14 @@ def load_released(path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32
             del parts
         model.load_state_dict(state, strict=False, assign=True)
         del state
-        if quantize:
-            _quantize_loaded(model.llm, dtype)
+        if quantize:  # the LLM projections this shard completed, as they arrive (chapter 11's quantize_llm)
+            from .quantize import quantize_llm
+
+            quantize_llm(model, quantize, compute_dtype=dtype)
     left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
         raise ReleasedCheckpointError(f"no tensor of {shown_path(folder)} filled {left[:12]}")
-    if quantize:
-        from .quantize import quantize_llm
-
-        quantize_llm(model, quantize, compute_dtype=dtype)  # sets the flags; every layer is quantized already
     return model.eval()
-
-
-def _quantize_loaded(llm: nn.Module, dtype: torch.dtype) -> None:
-    """Quantize (NF4) every plain nn.Linear of the LLM whose tensors are all loaded (not on meta), but the output
-    head, as ``quantize_llm`` would: chapter 11's ``quantize_linear``, layer by layer, while the shards come in."""
-    from .quantize import quantize_linear
-
-    for parent_name, parent in list(llm.named_modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear or name == "lm_head":
-                continue
-            if child.weight.is_meta or (child.bias is not None and child.bias.is_meta):
-                continue
-            setattr(parent, name, quantize_linear(child, "nf4", compute_dtype=dtype))
 
 
 # --------------------------------------------------------------------------------------------------------------------
