@@ -18,6 +18,12 @@ IM_PATCH = "<im_patch>"
 IM_COL = "<im_col>"
 IMAGE_PROMPT = "<|image|>"
 IMAGE_TOKENS = (IM_START, IM_END, IM_PATCH, IM_COL, IMAGE_PROMPT)
+# The tokens of an image's layout in the text (the prompt placeholder <|image|> is replaced by them). Molmo2 adds a
+# start token for its low-resolution overview and tokens for video frames (transformers' Molmo2Processor lists these
+# as its image tokens); a tokenizer that holds them gets them as image tokens too (MolmoLite.image_layout_ids).
+IMAGE_LAYOUT_TOKENS = (IM_START, IM_END, IM_PATCH, IM_COL)
+LOW_RES_IM_START = "<low_res_im_start>"
+MOLMO2_LAYOUT_TOKENS = (LOW_RES_IM_START, "<im_low>", "<frame_start>", "<frame_end>")
 
 # Where chapters save what later chapters reuse (the tiny pretrained encoder, ...): ./checkpoints of the repository,
 # or $MOLMO_LITE_CHECKPOINTS. Nothing there is committed: every chapter can rebuild what it needs.
@@ -92,8 +98,12 @@ class VisionConfig:
 
     layers: blocks built (Molmo keeps 23 of CLIP's 24: ``num_layers_used``); feature_layers: which block outputs
     the connector reads, negative = from the last block used (Molmo: [-2, -9], concatenated on channels).
-    act: "quick_gelu" (OpenAI CLIP) or "gelu". output_dim: CLIP's projection head (used only for contrastive
-    pre-training; Molmo's path never reaches it), None for no head.
+    act: "quick_gelu" (OpenAI CLIP), "gelu" or "gelu_tanh" (SigLIP, Molmo2). output_dim: CLIP's projection head (used
+    only for contrastive pre-training; Molmo's path never reaches it), None for no head.
+
+    Molmo2's SigLIP-style ViT is the same transformer with three switches off or on: no class token (cls_token=False, so
+    the position table has one row per patch), no LayerNorm after the embeddings (pre_ln=False), and a bias in the
+    patch embedding (patch_bias=True).
     """
 
     image_size: int = 336
@@ -107,6 +117,9 @@ class VisionConfig:
     num_layers_used: int | None = 23
     feature_layers: tuple[int, ...] = (-2, -9)
     output_dim: int | None = 768
+    cls_token: bool = True
+    pre_ln: bool = True
+    patch_bias: bool = False
 
     @property
     def grid(self) -> int:
@@ -181,7 +194,9 @@ CONNECTOR_PRESETS: dict[str, ConnectorConfig] = {
 class LLMConfig:
     """A decoder-only LLM (chapter 04). Defaults: Qwen2-7B as in Molmo-7B-D.
 
-    qkv_bias: Qwen2's biases on q/k/v. qk_norm: OLMo 2's RMSNorm over the full q and k projections. norm_after:
+    qkv_bias: Qwen2's biases on q/k/v. qk_norm: an RMSNorm on q and k before RoPE; qk_norm_scope "full": over the whole
+    projection (OLMo 2, Molmo-7B-O, Molmo2's "olmo"), "head": over each head's head_dim channels, one weight shared
+    by the heads (Qwen3, Molmo2's "qwen3"). norm_after:
     OLMo 2's layout, x + norm(block(x)), instead of the pre-norm x + block(norm(x)). additional_vocab: Molmo's extra
     embedding rows for its new tokens (128), trained with the connector; the output head is not extended.
     """
@@ -197,6 +212,7 @@ class LLMConfig:
     rms_eps: float = 1e-6
     qkv_bias: bool = True
     qk_norm: bool = False
+    qk_norm_scope: str = "full"
     norm_after: bool = False
     tie_embeddings: bool = False
     additional_vocab: int = 128
@@ -227,6 +243,8 @@ class MolmoConfig:
     tokenizer: "tiny" (the course BPE of data_samples/), or where the released tokenizer lives (a local folder
                with tokenizer.json, e.g. a downloaded allenai/Molmo-7B-D-0924).
     z_loss: weight of Molmo's z-loss, ``z_loss * logsumexp(logits)^2`` per loss token (Molmo trains with 1e-4; 0 = off).
+    image_attention: "causal" (Molmo 1: every token sees only the tokens before it) or "bidirectional" (Molmo2: the
+               tokens of the images' layout, IMAGE_LAYOUT_TOKENS, all see one another; the text stays causal).
     """
 
     preprocessor: PreprocessorConfig = PreprocessorConfig()
@@ -235,8 +253,15 @@ class MolmoConfig:
     llm: LLMConfig = LLMConfig()
     tokenizer: str = "tiny"
     z_loss: float = 0.0
+    image_attention: str = "causal"
 
     def __post_init__(self):
+        if self.image_attention not in ("causal", "bidirectional"):
+            raise ValueError(f"image_attention must be 'causal' (Molmo 1) or 'bidirectional' (Molmo2), got "
+                             f"{self.image_attention!r}")
+        if self.llm.qk_norm_scope not in ("full", "head"):
+            raise ValueError(f"llm.qk_norm_scope must be 'full' (OLMo 2) or 'head' (Qwen3), got "
+                             f"{self.llm.qk_norm_scope!r}")
         if self.connector.input_dim != self.vision.feature_dim:
             raise ValueError(f"connector.input_dim ({self.connector.input_dim}) must equal the ViT's feature channels "
                              f"({self.vision.feature_dim} = width x {len(self.vision.feature_layers)} layers)")

@@ -93,16 +93,22 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.hidden, kv * d, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.hidden, kv * d, bias=cfg.qkv_bias)
         self.wo = nn.Linear(h * d, cfg.hidden, bias=False)
-        if cfg.qk_norm:  # OLMo 2: over the whole projection, before splitting into heads
+        self.per_head_norm = cfg.qk_norm and cfg.qk_norm_scope == "head"
+        if self.per_head_norm:  # Qwen3 / Molmo2-8B: over each head's d channels, after splitting into heads
+            self.q_norm, self.k_norm = RMSNorm(d, cfg.rms_eps), RMSNorm(d, cfg.rms_eps)
+        elif cfg.qk_norm:  # OLMo 2: over the whole projection, before splitting into heads
             self.q_norm, self.k_norm = RMSNorm(h * d, cfg.rms_eps), RMSNorm(kv * d, cfg.rms_eps)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
         d, h, kv = self.cfg.dim_per_head, self.cfg.heads, self.cfg.kv_heads
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        if self.cfg.qk_norm:
+        if self.cfg.qk_norm and not self.per_head_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (z.view(b, t, -1, d).transpose(1, 2) for z in (q, k, v))  # [B, heads, T, d]
+        q, k, v = (z.view(b, t, -1, d) for z in (q, k, v))  # [B, T, heads, d]
+        if self.per_head_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, heads, T, d]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
@@ -179,12 +185,16 @@ class Embedding(nn.Module):
         return x
 
 
-def build_mask(attention_mask: torch.Tensor | None, b: int, t: int, past: int, device) -> torch.Tensor | None:
-    """Boolean [B, 1, T, past + T] mask, True = may attend: causal AND the caller's mask.
+def build_mask(attention_mask: torch.Tensor | None, b: int, t: int, past: int, device,
+               bidirectional: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Boolean [B, 1, T, past + T] mask, True = may attend: (causal OR both in the bidirectional group) AND the
+    caller's mask.
 
     attention_mask: None; [B, past + T] padding mask (1 = real token); or a block mask [B, T, S] / [B, 1, T, S]
-    (True = allowed) such as chapter 05's packing mask. Rows that may attend to nothing (queries at padding) attend
-    to everything instead, which keeps them finite; their outputs are never used.
+    (True = allowed) such as chapter 05's packing mask. bidirectional: None, or bool [B, past + T], True for the
+    tokens that see one another whatever their order (Molmo2's image tokens); the caller's mask still applies, so
+    packed examples do not see each other's images. Rows that may attend to nothing (queries at padding) attend to
+    everything instead, which keeps them finite; their outputs are never used.
     """
     s = past + t
     if t == 1 and (attention_mask is None or attention_mask.dim() == 2):  # one new token: causality allows all keys
@@ -192,15 +202,20 @@ def build_mask(attention_mask: torch.Tensor | None, b: int, t: int, past: int, d
             return None
         allowed = attention_mask.bool()[:, None, None, :]
         return allowed | ~allowed.any(dim=-1, keepdim=True)
-    causal = torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=past)
+    causal = torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=past)[None, None]
+    if bidirectional is not None:
+        if bidirectional.shape != (b, s):
+            raise ValueError(f"bidirectional must be [B, past + T] = {[b, s]}, got {list(bidirectional.shape)}")
+        group = bidirectional.bool()
+        causal = causal | (group[:, None, -t:, None] & group[:, None, None, :])  # [B, 1, T, S]
     if attention_mask is None:
-        return causal[None, None]
+        return causal
     if attention_mask.dim() == 2:
-        allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]
+        allowed = causal & attention_mask.bool()[:, None, None, :]
     else:
         block = attention_mask.bool()
         block = block[:, None] if block.dim() == 3 else block
-        allowed = causal[None, None] & block[..., -t:, -s:]
+        allowed = causal & block[..., -t:, -s:]
     return allowed | ~allowed.any(dim=-1, keepdim=True)
 
 
@@ -233,8 +248,12 @@ class LLM(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         cache: KVCache | None = None,
         dropout_mask: torch.Tensor | None = None,
+        bidirectional: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """-> logits [B, T, vocab_size] (the base vocabulary: Molmo never predicts its image tokens).
+
+        bidirectional: bool [B, past + T], the tokens that also see the ones after them within their group (Molmo2's
+        image tokens, ``build_mask``); None: causal only.
 
         position_ids default: from a 2-D attention_mask, cumsum(mask) - 1 (so left padding does not shift positions);
         otherwise 0.. T-1 after the cached tokens. In training mode ``self.residual_dropout`` (set by the trainer;
@@ -250,7 +269,7 @@ class LLM(nn.Module):
                 position_ids = torch.arange(past, past + t, device=x.device).expand(b, t)
         cos, sin = rope_cos_sin(position_ids, self.config.dim_per_head, self.config.rope_theta)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        mask = build_mask(attention_mask, b, t, past, x.device)
+        mask = build_mask(attention_mask, b, t, past, x.device, bidirectional)
         if mask is not None:  # True / False -> 0 / -inf once here, rather than inside every layer's attention
             mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         dropout = self.residual_dropout if self.training else 0.0
@@ -269,18 +288,20 @@ class LLM(nn.Module):
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
                  eos_id: int | None = None, use_cache: bool = True,
-                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                 inputs_embeds: torch.Tensor | None = None, bidirectional: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy decoding -> new tokens [B, max_new_tokens] (after eos_id, a row repeats eos_id; decoding stops
         early once every row has written it).
 
         Prompts may be left- or right-padded (attention_mask 1 = real token): they are left-aligned first, so
         every row continues from its own last real token. inputs_embeds [B, T, D]: the prompt's embeddings when they
         are not just the token embeddings of input_ids (MolmoLite adds image features to them); input_ids must
-        still be given (the uncached path re-embeds the new tokens from their ids).
+        still be given (the uncached path re-embeds the new tokens from their ids). bidirectional [B, T]: the prompt's
+        tokens that see one another (``forward``); the generated tokens are text, causal.
         """
         with torch.inference_mode():  # as no_grad, and lighter: no version counters or view tracking
             order = left_align_order(input_ids, attention_mask)
             ids = input_ids.gather(1, order)
+            group = None if bidirectional is None else bidirectional.bool().gather(1, order)
             mask = torch.ones_like(ids) if attention_mask is None else attention_mask.long().gather(1, order)
             embeds = None if inputs_embeds is None else inputs_embeds.gather(
                 1, order[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
@@ -298,9 +319,12 @@ class LLM(nn.Module):
                 step_mask = None if full_mask is None else full_mask[:, :prompt + step]
                 if use_cache:  # only the new tokens: the cache holds the keys and values of the ones before
                     logits = self(step_ids if step_embeds is None else None, attention_mask=step_mask,
-                                  position_ids=step_positions, inputs_embeds=step_embeds, cache=cache)
+                                  position_ids=step_positions, inputs_embeds=step_embeds, cache=cache,
+                                  bidirectional=group if step == 0 else None)
                 else:  # the whole sequence again
-                    logits = self(ids if embeds is None else None, attention_mask=step_mask, inputs_embeds=embeds)
+                    step_group = None if group is None else torch.cat([group, group.new_zeros(b, step)], dim=1)
+                    logits = self(ids if embeds is None else None, attention_mask=step_mask, inputs_embeds=embeds,
+                                  bidirectional=step_group)
                 token = logits[:, -1].argmax(-1)
                 if eos_id is not None:
                     token = torch.where(done, torch.full_like(token, eos_id), token)

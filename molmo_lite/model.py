@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import IM_PATCH, MolmoConfig, molmo_preset
+from .config import IM_PATCH, IMAGE_LAYOUT_TOKENS, MOLMO2_LAYOUT_TOKENS, MolmoConfig, molmo_preset
 from .connector import Connector
 from .llm import LLM
 from .preprocessing import ImageInputs, ImageLike, MolmoImageProcessor, batch_images
@@ -59,6 +59,19 @@ def load_tokenizer(config: MolmoConfig) -> MolmoTokenizer:
     return MolmoTokenizer.from_file(config.tokenizer, pad_to=config.llm.vocab_size)
 
 
+def image_layout_ids(tokenizer: MolmoTokenizer) -> tuple[int, ...]:
+    """The ids of the tokens that lay an image out in the text: <im_start>, <im_end>, <im_patch>, <im_col>, and
+    Molmo2's <low_res_im_start>, <im_low>, <frame_start>, <frame_end> when the tokenizer holds them (as Molmo2's
+    does). Molmo2 lets exactly these tokens see one another (MolmoConfig.image_attention)."""
+    ids = [tokenizer.token_to_id(t) for t in IMAGE_LAYOUT_TOKENS]
+    for token in MOLMO2_LAYOUT_TOKENS:
+        try:
+            ids.append(tokenizer.token_to_id(token))
+        except KeyError:  # a Molmo 1 or course tokenizer: it has no such token
+            pass
+    return tuple(ids)
+
+
 class MolmoLite(nn.Module):
     """Molmo: ViT + connector + LLM, with its preprocessor and tokenizer (see the module docstring).
 
@@ -83,6 +96,7 @@ class MolmoLite(nn.Module):
             raise ValueError(f"{self.tokenizer} does not fit the LLM's embedding ({config.llm.vocab_size} base rows + "
                              f"{config.llm.additional_vocab} new rows): the image tokens must start at the base size")
         self.image_patch_id = self.tokenizer.token_to_id(IM_PATCH)
+        self.image_layout_ids = image_layout_ids(self.tokenizer)
 
     @classmethod
     def from_parts(cls, config: MolmoConfig | str = "tiny", vision: VisionTransformer | None = None,
@@ -166,6 +180,13 @@ class MolmoLite(nn.Module):
             return x
         return x.index_put(where.nonzero(as_tuple=True), image_features.to(x.dtype), accumulate=True)
 
+    def image_attention_group(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """bool [B, T]: the image layout tokens, which see one another when config.image_attention is
+        "bidirectional" (Molmo2); None when it is "causal" (Molmo 1)."""
+        if self.config.image_attention == "causal":
+            return None
+        return torch.isin(input_ids, torch.tensor(self.image_layout_ids, device=input_ids.device))
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -180,12 +201,14 @@ class MolmoLite(nn.Module):
         dropout_mask: torch.Tensor | None = None,
     ) -> MolmoOutput:
         """A batch as ``data.collate.collate`` makes it -> MolmoOutput. Without subsegment_ids the attention is
-        causal plus the padding mask; with them, Molmo's packing rule (``prompts.subsegment_mask``). dropout_mask:
+        causal plus the padding mask (and, with config.image_attention "bidirectional", the image tokens see one
+        another, as Molmo2's); with them, Molmo's packing rule (``prompts.subsegment_mask``). dropout_mask:
         where the LLM's residual dropout applies (training only; see ``LLM.forward``)."""
         features = None if crops is None else self.image_features(crops, pooled_patches_idx, patch_pad_fraction)
         x = self.embed(input_ids, features)
         mask = attention_mask if subsegment_ids is None else subsegment_mask(subsegment_ids, attention_mask)
-        logits = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=position_ids, dropout_mask=dropout_mask)
+        logits = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=position_ids, dropout_mask=dropout_mask,
+                          bidirectional=self.image_attention_group(input_ids))
         if target_ids is None:
             return MolmoOutput(logits)
         loss, per_token, z_loss = answer_loss(logits, target_ids, loss_weights, self.config.z_loss)
@@ -221,7 +244,7 @@ class MolmoLite(nn.Module):
             features = self.image_features(batch["crops"], batch["pooled_patches_idx"], batch["patch_pad_fraction"])
         embeds = self.embed(ids, features)
         return self.llm.generate(ids, mask, max_new_tokens=max_new_tokens, eos_id=tok.eos_id, use_cache=use_cache,
-                                 inputs_embeds=embeds)
+                                 inputs_embeds=embeds, bidirectional=self.image_attention_group(ids))
 
     def generate(self, images: Sequence[ImageLike | ImageInputs | None] | ImageLike | None,
                  prompts: Sequence[str] | str, max_new_tokens: int = 32, use_cache: bool = True) -> list[str] | str:

@@ -159,11 +159,34 @@ class Entry:
     kind: str = "plain"
 
 
-def released_plan(config: MolmoConfig) -> list[Entry]:
-    """Every tensor of a released checkpoint for ``config``, in the order the checkpoint lists them by module."""
+@dataclass(frozen=True)
+class Layout:
+    """Where a family's hub checkpoint puts the LLM block's tensors; everything else is named alike.
+
+    Molmo 1 keeps att_proj / attn_out / q_norm / k_norm and ff_proj / ff_out directly under ``blocks.{i}.``; Molmo2
+    nests them under ``self_attn.`` and ``mlp.``, and names the untied output head ``lm_head.weight``."""
+
+    family: str
+    attention: str
+    mlp: str
+    head: str
+
+
+MOLMO1_LAYOUT = Layout("molmo1", "", "", PREFIX + "transformer.ff_out.weight")
+MOLMO2_LAYOUT = Layout("molmo2", "self_attn.", "mlp.", "lm_head.weight")
+
+
+def released_plan(config: MolmoConfig, layout: Layout = MOLMO1_LAYOUT) -> list[Entry]:
+    """Every tensor of a released checkpoint for ``config``, in the order the checkpoint lists them by module.
+
+    The ViT's embedding tensors follow the config: a class embedding and pre-LN for CLIP (Molmo 1), a patch bias and
+    neither of the others for Molmo2's ViT; the pad embedding only where the connector has one (Molmo 1)."""
     vit, vit_ours = PREFIX + "vision_backbone.image_vit.", "vision."
-    entries = [Entry(vit + name, (vit_ours + name,)) for name in
-               ("patch_embedding.weight", "class_embedding", "positional_embedding", "pre_ln.weight", "pre_ln.bias")]
+    v = config.vision
+    embed = ["patch_embedding.weight", *(["patch_embedding.bias"] if v.patch_bias else []),
+             *(["class_embedding"] if v.cls_token else []), "positional_embedding",
+             *(["pre_ln.weight", "pre_ln.bias"] if v.pre_ln else [])]
+    entries = [Entry(vit + name, (vit_ours + name,)) for name in embed]
     for j in range(config.vision.blocks_used):
         for part in ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "attention_norm", "ffn_norm",
                      "feed_forward.w1", "feed_forward.w2"):
@@ -171,7 +194,8 @@ def released_plan(config: MolmoConfig) -> list[Entry]:
                 entries.append(Entry(f"{vit}transformer.resblocks.{j}.{part}.{kind}",
                                      (f"{vit_ours}blocks.{j}.{part}.{kind}",)))
     backbone = PREFIX + "vision_backbone."
-    entries.append(Entry(backbone + "pad_embed", ("connector.pad.pad_embed",)))
+    if config.connector.pad_embed:
+        entries.append(Entry(backbone + "pad_embed", ("connector.pad.pad_embed",)))
     for a in "qkvo":
         for kind in ("weight", "bias"):
             entries.append(Entry(f"{backbone}image_pooling_2d.w{a}.{kind}", (f"connector.pool.w{a}.{kind}",)))
@@ -184,22 +208,23 @@ def released_plan(config: MolmoConfig) -> list[Entry]:
         entries.append(Entry(lt + "wte.new_embedding", ("llm.embed.new.weight",)))
     for i in range(llm.layers):
         src, ours = f"{lt}blocks.{i}.", f"llm.blocks.{i}."
+        att, mlp = src + layout.attention, src + layout.mlp
         entries.append(Entry(src + "attn_norm.weight", (ours + "attention_norm.weight",)))
-        entries.append(Entry(src + "att_proj.weight", tuple(f"{ours}attention.w{x}.weight" for x in "qkv"), "att_proj"))
+        entries.append(Entry(att + "att_proj.weight", tuple(f"{ours}attention.w{x}.weight" for x in "qkv"), "att_proj"))
         if llm.qkv_bias:
-            entries.append(Entry(src + "att_proj.bias", tuple(f"{ours}attention.w{x}.bias" for x in "qkv"),
+            entries.append(Entry(att + "att_proj.bias", tuple(f"{ours}attention.w{x}.bias" for x in "qkv"),
                                  "att_proj"))
         if llm.qk_norm:
-            entries.append(Entry(src + "q_norm.weight", (ours + "attention.q_norm.weight",)))
-            entries.append(Entry(src + "k_norm.weight", (ours + "attention.k_norm.weight",)))
-        entries.append(Entry(src + "attn_out.weight", (ours + "attention.wo.weight",)))
+            entries.append(Entry(att + "q_norm.weight", (ours + "attention.q_norm.weight",)))
+            entries.append(Entry(att + "k_norm.weight", (ours + "attention.k_norm.weight",)))
+        entries.append(Entry(att + "attn_out.weight", (ours + "attention.wo.weight",)))
         entries.append(Entry(src + "ff_norm.weight", (ours + "ffn_norm.weight",)))
-        entries.append(Entry(src + "ff_proj.weight", (ours + "feed_forward.w3.weight", ours + "feed_forward.w1.weight"),
+        entries.append(Entry(mlp + "ff_proj.weight", (ours + "feed_forward.w3.weight", ours + "feed_forward.w1.weight"),
                              "ff_proj"))
-        entries.append(Entry(src + "ff_out.weight", (ours + "feed_forward.w2.weight",)))
+        entries.append(Entry(mlp + "ff_out.weight", (ours + "feed_forward.w2.weight",)))
     entries.append(Entry(lt + "ln_f.weight", ("llm.norm.weight",)))
     if not llm.tie_embeddings:
-        entries.append(Entry(lt + "ff_out.weight", ("llm.lm_head.weight",)))
+        entries.append(Entry(layout.head, ("llm.lm_head.weight",)))
     return entries
 
 
@@ -363,14 +388,171 @@ def check_released_config(hf: Mapping, where: str = "config.json") -> None:
 
 
 def _molmo2_message(where: str, why: str) -> str:
-    return (f"{where} is a Molmo2 checkpoint ({why}), not Molmo 1: molmo_lite's released loader reads "
-            "allenai/Molmo-7B-D-0924 and Molmo-7B-O-0924. Load Molmo2 with transformers, "
-            "transformers.Molmo2ForConditionalGeneration.from_pretrained(folder); its connector copies into "
-            "molmo_lite with Connector.load_molmo2_adapter.")
+    return (f"{where} is a Molmo2 checkpoint ({why}), not Molmo 1, so the Molmo 1 reader (family='molmo1') "
+            "refuses it: Molmo2 has other key names and another ViT. Load it with family='molmo2', or let "
+            "load_released / MolmoLite.from_released tell the family from config.json (family=None).")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Molmo2 (allenai/Molmo2-*): the same modules, configured (docs/released_checkpoints.md, "Molmo2").
+# --------------------------------------------------------------------------------------------------------------------
+
+# What Molmo2's image processor uses when preprocessor_config.json does not say (transformers 5.24,
+# models/molmo2/image_processing_molmo2.py, Molmo2ImageProcessor's class defaults: 378 px crops of 14 px patches, at
+# most 8 crops, overlap margins [4, 4], 2x2 pooling, mean = std = 0.5 per channel, bilinear resize to the exact size).
+MOLMO2_PREPROCESSOR = PreprocessorConfig(crop_size=378, patch_size=14, max_crops=8, overlap_margins=(4, 4),
+                                         pooling=(2, 2), image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+                                         resize="stretch", antialias=False)
+MOLMO2_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "gelu": "gelu",
+                      "quick_gelu": "quick_gelu"}
+
+
+def is_molmo2_config(hf: Mapping) -> bool:
+    """Does this config.json describe a Molmo2 (model_type "molmo2" or a Molmo2* architecture)?"""
+    archs = [str(a) for a in hf.get("architectures") or []]
+    return str(hf.get("model_type", "")).startswith("molmo2") or any("Molmo2" in a for a in archs)
+
+
+def _first(d: Mapping, *names, default=None):
+    """The value of the first of ``names`` that ``d`` has: the hub's remote-code field names and transformers' own
+    differ (image_default_input_size / image_size, vit_layers / vision_feature_layer, ...)."""
+    for name in names:
+        if d.get(name) is not None:
+            return d[name]
+    return default
+
+
+def molmo2_preprocessor(pp: Mapping | None, where: str = "preprocessor_config.json") -> PreprocessorConfig:
+    """PreprocessorConfig from a Molmo2 preprocessor_config.json (None: MOLMO2_PREPROCESSOR). Read: size (or
+    base_image_input_size), patch_size, max_crops, overlap_margins, pooling_size, image_mean, image_std."""
+    base = MOLMO2_PREPROCESSOR
+    if pp is None:
+        return base
+    size = _first(pp, "size", "base_image_input_size", default=[base.crop_size, base.crop_size])
+    side = [size.get("height"), size.get("width")] if isinstance(size, Mapping) else (
+        [size, size] if isinstance(size, int) else list(size))
+    if side[0] != side[1]:
+        raise ReleasedCheckpointError(f"{where}: crop size {side} is not square; molmo_lite's crops are")
+    return replace(base, crop_size=int(side[0]), patch_size=int(_first(pp, "patch_size", "image_patch_size",
+                                                                        default=base.patch_size)),
+                   max_crops=int(pp.get("max_crops", base.max_crops)),
+                   overlap_margins=tuple(pp.get("overlap_margins", base.overlap_margins)),
+                   pooling=tuple(pp.get("pooling_size", base.pooling)),
+                   image_mean=tuple(pp.get("image_mean", base.image_mean)),
+                   image_std=tuple(pp.get("image_std", base.image_std)))
+
+
+def molmo2_config(hf: Mapping, preprocessor: Mapping | None = None, tokenizer: str = "",
+                  where: str = "config.json") -> MolmoConfig:
+    """The MolmoConfig of a Molmo2 checkpoint from its config.json, as transformers' Molmo2Config reads it (both the
+    hub's remote-code names and transformers' own), mapped onto the course's switches:
+
+    vision_config / vit_config  -> VisionConfig(cls_token=False, pre_ln=False, patch_bias=True, act "gelu_tanh");
+                                   hub configs list more layers than the weights hold: the ViT keeps
+                                   max(vit_layers) + 1 blocks, as transformers does
+    adapter_config              -> ConnectorConfig(pad_embed=False): pooling heads x head_dim, SwiGLU width
+    text_config                 -> LLMConfig(qk_norm=True, qk_norm_scope "head" for qk_norm_type "qwen3", "full" for
+                                   "olmo"), head_dim, additional_vocab_size, norm_after, rope theta
+    and image_attention="bidirectional". What the course's modules cannot express is refused with its field named:
+    grouped-query attention in the ViT or the pooling, a scaled RoPE, biases the modules lack.
+    """
+    vit = _first(hf, "vision_config", "vit_config")
+    adapter, text = hf.get("adapter_config"), hf.get("text_config")
+    for name, part in (("vision_config", vit), ("adapter_config", adapter), ("text_config", text)):
+        if not isinstance(part, Mapping):
+            raise ReleasedCheckpointError(f"{where} lacks the {name!r} section that a Molmo2 config.json has")
+
+    def need(d, *names, section):
+        value = _first(d, *names)
+        if value is None:
+            raise ReleasedCheckpointError(f"{where}: {section} lacks {names[0]!r}")
+        return value
+
+    def refuse(why):
+        raise ReleasedCheckpointError(f"{where}: {why}; molmo_lite's modules cannot express it")
+
+    width, heads = int(need(vit, "hidden_size", section="vision_config")), int(
+        need(vit, "num_attention_heads", section="vision_config"))
+    if int(_first(vit, "num_key_value_heads", default=heads)) != heads:
+        refuse(f"vision_config has num_key_value_heads {vit['num_key_value_heads']} != {heads} heads")
+    if int(_first(vit, "head_dim", default=width // heads)) * heads != width:
+        refuse(f"vision_config head_dim {vit.get('head_dim')} x {heads} heads != hidden_size {width}")
+    act = str(_first(vit, "hidden_act", default="gelu_pytorch_tanh"))
+    if act not in MOLMO2_ACTIVATIONS:
+        refuse(f"vision_config hidden_act {act!r}")
+    if not _first(vit, "attention_bias", default=True):
+        refuse("vision_config attention_bias false")
+    size = _first(vit, "image_size", "image_default_input_size", default=[378, 378])
+    size = [size, size] if isinstance(size, int) else list(size)
+    patch = int(_first(vit, "patch_size", "image_patch_size", default=14))
+    if size[0] != size[1]:
+        refuse(f"vision_config image size {size} is not square")
+    positions = _first(vit, "num_position_embeddings", "image_num_pos", default=(size[0] // patch) ** 2)
+    if int(positions) != (size[0] // patch) ** 2:
+        refuse(f"vision_config has {positions} position embeddings for a {size[0] // patch}^2 patch grid")
+    listed = int(need(vit, "num_hidden_layers", section="vision_config"))
+    layers = [int(i) for i in need(adapter, "vision_feature_layer", "vit_layers", section="adapter_config")]
+    if not all(-listed <= i < listed for i in layers):
+        raise ReleasedCheckpointError(f"{where}: vit layers {layers} do not index the {listed} ViT layers")
+    used = listed
+    if "vit_config" in hf and "vision_config" not in hf:  # the hub's config: its weights stop at the last layer read
+        layers = [i % listed for i in layers]
+        used = max(layers) + 1
+    vision = VisionConfig(image_size=size[0], patch_size=patch, width=width, layers=listed, heads=heads,
+                          mlp_width=int(need(vit, "intermediate_size", section="vision_config")),
+                          act=MOLMO2_ACTIVATIONS[act], ln_eps=float(_first(vit, "layer_norm_eps", default=1e-6)),
+                          num_layers_used=used if used != listed else None, feature_layers=tuple(layers),
+                          output_dim=None, cls_token=False, pre_ln=False, patch_bias=True)
+
+    pool_heads = int(need(adapter, "num_attention_heads", section="adapter_config"))
+    if int(_first(adapter, "num_key_value_heads", default=pool_heads)) != pool_heads:
+        refuse(f"adapter_config has num_key_value_heads {adapter['num_key_value_heads']} != {pool_heads} heads")
+    if not _first(adapter, "attention_bias", default=True) or _first(adapter, "mlp_bias", default=False):
+        refuse("adapter_config attention_bias false or mlp_bias true (the pooling has biases, the projector none)")
+    if str(_first(adapter, "hidden_act", default="silu")) != "silu":
+        refuse(f"adapter_config hidden_act {adapter['hidden_act']!r} (the projector is SwiGLU)")
+
+    hidden, t_heads = int(need(text, "hidden_size", section="text_config")), int(
+        need(text, "num_attention_heads", section="text_config"))
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default":
+        refuse(f"text_config uses a scaled RoPE (rope_type {kind!r})")
+    qk = str(_first(text, "qk_norm_type", default="qwen3"))
+    if qk not in ("qwen3", "olmo"):
+        refuse(f"text_config qk_norm_type {qk!r}")
+    if str(_first(text, "hidden_act", default="silu")) != "silu":
+        refuse(f"text_config hidden_act {text['hidden_act']!r} (the MLP is SwiGLU)")
+    llm = LLMConfig(
+        vocab_size=int(need(text, "vocab_size", section="text_config")), hidden=hidden,
+        layers=int(need(text, "num_hidden_layers", section="text_config")), heads=t_heads,
+        kv_heads=int(_first(text, "num_key_value_heads", default=t_heads)),
+        head_dim=int(_first(text, "head_dim", default=hidden // t_heads)),
+        intermediate=int(need(text, "intermediate_size", section="text_config")),
+        rope_theta=float(_first(rope, "rope_theta", default=_first(text, "rope_theta", default=10000.0))),
+        rms_eps=float(_first(text, "rms_norm_eps", "layer_norm_eps", default=1e-6)),
+        qkv_bias=bool(_first(text, "attention_bias", "qkv_bias", default=False)), qk_norm=True,
+        qk_norm_scope="head" if qk == "qwen3" else "full", norm_after=bool(text.get("norm_after", False)),
+        tie_embeddings=bool(_first(hf, "tie_word_embeddings", default=False)),
+        additional_vocab=int(_first(text, "additional_vocab_size", default=128)),
+    )
+    connector = ConnectorConfig(
+        input_dim=vision.feature_dim, pool_dim=int(need(adapter, "hidden_size", section="adapter_config")),
+        heads=pool_heads, head_dim=int(_first(adapter, "head_dim", default=width // pool_heads)),
+        hidden_dim=int(need(adapter, "intermediate_size", section="adapter_config")),
+        llm_dim=int(_first(adapter, "text_hidden_size", default=hidden)), pad_embed=False)
+    try:
+        # without preprocessor_config.json: Molmo2's defaults at the ViT's own crop size (its input size)
+        pre = molmo2_preprocessor(preprocessor) if preprocessor is not None else replace(
+            MOLMO2_PREPROCESSOR, crop_size=vision.image_size, patch_size=vision.patch_size)
+        return MolmoConfig(preprocessor=pre, vision=vision, connector=connector, llm=llm, tokenizer=tokenizer,
+                           image_attention="bidirectional")
+    except ValueError as err:
+        raise ReleasedCheckpointError(f"{where} and preprocessor_config.json do not fit together: {err}") from None
 
 
 def is_released_folder(path: str | Path) -> bool:
-    """Does ``path`` hold a config.json of a released Molmo 1 (model_type "molmo" / MolmoForCausalLM)?"""
+    """Does ``path`` hold a config.json of a released Molmo 1 (model_type "molmo" / MolmoForCausalLM) or Molmo2?"""
     try:
         hf = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError):
@@ -378,7 +560,7 @@ def is_released_folder(path: str | Path) -> bool:
     if not isinstance(hf, dict):
         return False
     archs = hf.get("architectures") or []
-    return hf.get("model_type") == "molmo" or bool(set(archs) & set(RELEASED_ARCHITECTURES))
+    return hf.get("model_type") == "molmo" or bool(set(archs) & set(RELEASED_ARCHITECTURES)) or is_molmo2_config(hf)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -490,8 +672,12 @@ def _check_dtype(dtype: torch.dtype, quantize: str | None) -> None:
 
 
 def load_released(path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32, quantize: str | None = None,
-                  device: str | torch.device = "cpu", tokenizer=None):
-    """A released Molmo 1 checkpoint as a MolmoLite (eval mode).
+                  device: str | torch.device = "cpu", tokenizer=None, family: str | None = None):
+    """A released Molmo 1 (or Molmo2) checkpoint as a MolmoLite (eval mode).
+
+    family: "molmo1" (allenai/Molmo-7B-D-0924, -7B-O-0924), "molmo2" (allenai/Molmo2-*, the hub layout that
+    transformers' Molmo2ForConditionalGeneration reads: ``molmo2_config`` and MOLMO2_LAYOUT), or None to tell them
+    apart by config.json. The Molmo 1 reader refuses a Molmo2 folder with a message that says so.
 
     path_or_hub_id: a local folder in allenai's layout, or a Hub id such as "allenai/Molmo-7B-D-0924" (downloaded by
     ``checkpoint.hub_folder`` when online; offline, its clear error). Read from the folder: config.json,
@@ -516,12 +702,19 @@ def load_released(path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32
                                       "config.json and safetensors shards)")
     config_path = folder / "config.json"
     hf = _read_json(config_path, "a released checkpoint has config.json")
-    check_released_config(hf, shown_path(config_path))
-    files = weight_map(folder)
-    check_released_keys(files, shown_path(folder))
+    if family not in (None, "molmo1", "molmo2"):
+        raise ValueError(f"family must be None, 'molmo1' or 'molmo2', got {family!r}")
+    family = family or ("molmo2" if is_molmo2_config(hf) else "molmo1")
     pp_path = folder / "preprocessor_config.json"
     pp = _read_json(pp_path, "") if pp_path.exists() else None
-    config = released_config(hf, pp, tokenizer=str(folder), where=shown_path(config_path))
+    if family == "molmo1":
+        check_released_config(hf, shown_path(config_path))
+        files = weight_map(folder)
+        check_released_keys(files, shown_path(folder))
+        config, layout = released_config(hf, pp, tokenizer=str(folder), where=shown_path(config_path)), MOLMO1_LAYOUT
+    else:
+        config, layout = molmo2_config(hf, pp, tokenizer=str(folder), where=shown_path(config_path)), MOLMO2_LAYOUT
+        files = weight_map(folder)
     if tokenizer is None:
         tokenizer = _tokenizer_for(folder, config)
     try:
@@ -529,7 +722,7 @@ def load_released(path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32
     except ValueError as err:
         raise ReleasedCheckpointError(f"the tokenizer of {shown_path(folder)} does not fit its config.json: "
                                       f"{err}") from None
-    plan = {e.released: e for e in released_plan(config)}
+    plan = {e.released: e for e in released_plan(config, layout)}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in plan if k not in files]
     unexpected = sorted(k for k in files if k not in plan)

@@ -8,6 +8,10 @@
 Molmo keeps 23 of OpenAI CLIP ViT-L/14-336's 24 blocks and never uses CLIP's final LayerNorm and projection; those
 (``post_ln``, ``proj``) exist here only for the contrastive pre-training of chapter 02. Weights load from open_clip
 (``visual.*`` keys of a model, a state dict or a local checkpoint file) through one explicit name map.
+
+Molmo2's SigLIP-style ViT is this class with three VisionConfig switches: ``cls_token=False`` (no CLS, nothing to
+drop), ``pre_ln=False`` and ``patch_bias=True``, with act "gelu_tanh" (tests/test_molmo2.py: parity with transformers'
+Molmo2VisionModel).
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ def activation(name: str) -> nn.Module:
         return QuickGELU()
     if name == "gelu":
         return nn.GELU()
-    raise ValueError(f"unknown activation {name!r}: use 'quick_gelu' (OpenAI CLIP) or 'gelu'")
+    if name == "gelu_tanh":  # GELU's tanh approximation (SigLIP, Molmo2; transformers' "gelu_pytorch_tanh")
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"unknown activation {name!r}: use 'quick_gelu' (OpenAI CLIP), 'gelu' or 'gelu_tanh' (SigLIP)")
 
 
 class Attention(nn.Module):
@@ -80,9 +86,11 @@ class Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-def interpolate_position_embeddings(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """[1 + g*g, W] -> [1 + gh*gw, W]: the patch positions resized bicubically (antialiased), CLS position kept."""
-    cls_pos, patch_pos = pos[:1], pos[1:]
+def interpolate_position_embeddings(pos: torch.Tensor, grid: tuple[int, int], cls_token: bool = True) -> torch.Tensor:
+    """[1 + g*g, W] -> [1 + gh*gw, W]: the patch positions resized bicubically (antialiased), CLS position kept
+    (cls_token=False: [g*g, W] -> [gh*gw, W], a table without a CLS row)."""
+    first = int(cls_token)
+    cls_pos, patch_pos = pos[:first], pos[first:]
     g = math.isqrt(patch_pos.shape[0])
     if (g, g) == tuple(grid):
         return pos
@@ -105,17 +113,20 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.patch_embedding = nn.Linear(3 * config.patch_size**2, w, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(w) * w**-0.5)
-        self.positional_embedding = nn.Parameter(torch.randn(config.n_patches + 1, w) * w**-0.5)
-        self.pre_ln = nn.LayerNorm(w, eps=config.ln_eps)
+        self.patch_embedding = nn.Linear(3 * config.patch_size**2, w, bias=config.patch_bias)
+        if config.cls_token:
+            self.class_embedding = nn.Parameter(torch.randn(w) * w**-0.5)
+        self.n_prefix = int(config.cls_token)  # tokens before the patches: CLS, or none (Molmo2)
+        self.positional_embedding = nn.Parameter(torch.randn(config.n_patches + self.n_prefix, w) * w**-0.5)
+        self.pre_ln = nn.LayerNorm(w, eps=config.ln_eps) if config.pre_ln else nn.Identity()
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.blocks_used))
         if config.output_dim is not None:  # CLIP's head, for contrastive pre-training only
             self.post_ln = nn.LayerNorm(w, eps=config.ln_eps)
             self.proj = nn.Parameter(torch.randn(w, config.output_dim) * w**-0.5)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, S, S] or patches [B, n, 3*P*P] -> tokens [B, 1 + n, W] (CLS first, positions added, pre-LN)."""
+        """Images [B, 3, S, S] or patches [B, n, 3*P*P] -> tokens [B, 1 + n, W] (CLS first, positions added, pre-LN;
+        [B, n, W] without a CLS token)."""
         if x.dim() == 4:
             x = patchify_images(x, self.config.patch_size)
         b, n, _ = x.shape
@@ -123,12 +134,14 @@ class VisionTransformer(nn.Module):
         if g * g != n:
             raise ValueError(f"expected a square grid of patches, got {n}")
         x = self.patch_embedding(x)
-        x = torch.cat([self.class_embedding.to(x.dtype).expand(b, 1, -1), x], dim=1)
-        x = x + interpolate_position_embeddings(self.positional_embedding, (g, g)).to(x.dtype)
+        if self.config.cls_token:
+            x = torch.cat([self.class_embedding.to(x.dtype).expand(b, 1, -1), x], dim=1)
+        x = x + interpolate_position_embeddings(self.positional_embedding, (g, g), self.config.cls_token).to(x.dtype)
         return self.pre_ln(x)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Images [B, 3, S, S] or patches [B, n, 3*P*P] -> the output of every block, each [B, 1 + n, W]."""
+        """Images [B, 3, S, S] or patches [B, n, 3*P*P] -> the output of every block, each [B, 1 + n, W] ([B, n, W]
+        without a CLS token)."""
         x = self.embed(x)
         outputs = []
         for block in self.blocks:
@@ -141,12 +154,12 @@ class VisionTransformer(nn.Module):
         from the last block), CLS dropped, concatenated on channels -> [B, n, W * len(layers)]."""
         hidden = self(x)
         layers = self.config.feature_layers if layers is None else layers
-        return torch.cat([hidden[i][:, 1:] for i in layers], dim=-1)
+        return torch.cat([hidden[i][:, self.n_prefix:] for i in layers], dim=-1)
 
     def clip_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """CLIP's image embedding: final block's CLS token -> post_ln -> proj, [B, output_dim] (pre-training only)."""
-        if self.config.output_dim is None:
-            raise ValueError("this VisionTransformer has no CLIP head (config.output_dim is None)")
+        if self.config.output_dim is None or not self.config.cls_token:
+            raise ValueError("this VisionTransformer has no CLIP head (config.output_dim is None, or no CLS token)")
         return self.post_ln(self(x)[-1][:, 0]) @ self.proj
 
     # ---------------------------------------------------------------------------------------------------- loading

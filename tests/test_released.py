@@ -389,10 +389,10 @@ def test_wrong_shape_names_the_tensor_the_expected_and_the_found_shape(written, 
         load_released(folder)
 
 
-def test_a_molmo2_folder_is_recognised_and_sent_to_transformers(molmo2_hub_folder, written, tmp_path):
+def test_a_molmo2_folder_given_to_the_molmo1_reader_is_named(molmo2_hub_folder, written, tmp_path):
     folder, _ = molmo2_hub_folder
-    with pytest.raises(ValueError, match=r"Molmo2 checkpoint \(model_type 'molmo2'.*Molmo2ForConditionalGeneration"):
-        load_released(folder)
+    with pytest.raises(ValueError, match=r"Molmo2 checkpoint \(model_type 'molmo2'.*family='molmo2'"):
+        load_released(folder, family="molmo1")
     # Molmo2's key names under a Molmo 1 config.json: also said
     folder = copy_folder(written["7b-d"][1], tmp_path)
     rewrite_as_one_file(folder, lambda state: state.update(
