@@ -56,6 +56,10 @@ class PreprocessorConfig:
     pooling: (pool_h, pool_w) patches merged into one image token by the connector.
     resize: "pad" keeps the aspect ratio and pads (Molmo 1); "stretch" resizes to the exact target (Molmo2).
     antialias: antialiased bilinear resizing (Molmo 1 resizes float images with antialias=True).
+    low_res_start / low_res_cols: how the global image's (overview's) tokens are written: Molmo 1 opens it with
+        <im_start> and ends every row with <im_col>, like the crops; Molmo2-8B opens it with <low_res_im_start> and
+        writes no <im_col> in it (its processor_config.json: use_single_crop_start_token true,
+        use_single_crop_col_tokens false; transformers' Molmo2Processor.replace_image_token).
     """
 
     crop_size: int = 336
@@ -67,6 +71,8 @@ class PreprocessorConfig:
     image_std: tuple[float, float, float] = CLIP_STD
     resize: str = "pad"
     antialias: bool = True
+    low_res_start: str = IM_START
+    low_res_cols: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)

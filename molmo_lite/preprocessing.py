@@ -289,16 +289,20 @@ def arange_for_pooling(index_grid: np.ndarray, pool_h: int, pool_w: int) -> np.n
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def image_token_layout(global_grid: tuple[int, int], crop_grid: tuple[int, int]) -> list[str]:
+def image_token_layout(global_grid: tuple[int, int], crop_grid: tuple[int, int], low_res_start: str = IM_START,
+                       low_res_cols: bool = True) -> list[str]:
     """The token strings that stand for one image: the global image's block, then the stitched crops' block.
 
     Each block is <im_start>, then per pooled row (width x <im_patch>, <im_col>), then <im_end>.
     Molmo's 336 px geometry: global 12 x 12 -> 158 tokens; crops (8r+4) x (8c+4) -> (8r+4)(8c+5) + 2 tokens.
+    Molmo2 writes the global block differently (PreprocessorConfig.low_res_start / low_res_cols): it opens with
+    <low_res_im_start> and has no <im_col>.
     """
     tokens: list[str] = []
-    for h, w in (global_grid, crop_grid):
-        tokens.append(IM_START)
-        tokens.extend(([IM_PATCH] * w + [IM_COL]) * h)
+    for block, (h, w) in enumerate((global_grid, crop_grid)):
+        cols = [IM_COL] if block or low_res_cols else []
+        tokens.append(low_res_start if block == 0 else IM_START)
+        tokens.extend(([IM_PATCH] * w + cols) * h)
         tokens.append(IM_END)
     return tokens
 
@@ -311,6 +315,7 @@ class CropGeometry:
     canvas_size: tuple[int, int]  # (H', W') pixels the image is resized+padded to before cropping
     global_grid: tuple[int, int]  # pooled (rows, cols) of the global image
     crop_grid: tuple[int, int]  # pooled (rows, cols) of the stitched crops, margins dropped
+    low_res_cols: bool = True  # the global image's rows end with <im_col> (Molmo 1), or not (Molmo2)
 
     @property
     def num_crops(self) -> int:
@@ -323,7 +328,7 @@ class CropGeometry:
     @property
     def num_image_tokens(self) -> int:
         (gh, gw), (h, w) = self.global_grid, self.crop_grid
-        return (gh * (gw + 1) + 2) + (h * (w + 1) + 2)
+        return (gh * (gw + int(self.low_res_cols)) + 2) + (h * (w + 1) + 2)
 
 
 def crop_geometry(height: int, width: int, config: PreprocessorConfig) -> CropGeometry:
@@ -344,6 +349,7 @@ def crop_geometry(height: int, width: int, config: PreprocessorConfig) -> CropGe
         canvas_size=canvas,
         global_grid=(pooled(crop_patches, ph), pooled(crop_patches, pw)),
         crop_grid=(pooled(canvas[0] // config.patch_size, ph), pooled(canvas[1] // config.patch_size, pw)),
+        low_res_cols=config.low_res_cols,
     )
 
 
@@ -422,6 +428,8 @@ class MolmoImageProcessor:
         image_std: tuple[float, float, float] | None = None,
         resize: str = "pad",
         antialias: bool = True,
+        low_res_start: str = IM_START,
+        low_res_cols: bool = True,
     ):
         defaults = PreprocessorConfig()
         self.config = PreprocessorConfig(
@@ -434,6 +442,8 @@ class MolmoImageProcessor:
             image_std=tuple(image_std or defaults.image_std),
             resize=resize,
             antialias=antialias,
+            low_res_start=low_res_start,
+            low_res_cols=low_res_cols,
         )
         _validate(self.config)
 
@@ -483,7 +493,7 @@ class MolmoImageProcessor:
             patch_pad_fraction=pad_fraction.reshape(-1, n_patches),
             pooled_patches_idx=torch.from_numpy(np.concatenate([global_idx, crop_idx])).long(),
             tiling=geo.tiling,
-            tokens=image_token_layout(geo.global_grid, geo.crop_grid),
+            tokens=image_token_layout(geo.global_grid, geo.crop_grid, cfg.low_res_start, cfg.low_res_cols),
             geometry=geo,
             original_size=(int(height), int(width)),
             patch_size=patch,

@@ -35,7 +35,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import (
+    IM_START,
     IMAGE_TOKENS,
+    LOW_RES_IM_START,
     ConnectorConfig,
     LLMConfig,
     MolmoConfig,
@@ -400,9 +402,12 @@ def _molmo2_message(where: str, why: str) -> str:
 # What Molmo2's image processor uses when preprocessor_config.json does not say (transformers 5.24,
 # models/molmo2/image_processing_molmo2.py, Molmo2ImageProcessor's class defaults: 378 px crops of 14 px patches, at
 # most 8 crops, overlap margins [4, 4], 2x2 pooling, mean = std = 0.5 per channel, bilinear resize to the exact size).
+# The overview's tokens follow Molmo2Processor's defaults (use_single_crop_start_token true: <low_res_im_start>; <im_col>
+# as in the crops); a folder's processor_config.json can say otherwise (Molmo2-8B's: no <im_col> in the overview).
 MOLMO2_PREPROCESSOR = PreprocessorConfig(crop_size=378, patch_size=14, max_crops=8, overlap_margins=(4, 4),
                                          pooling=(2, 2), image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
-                                         resize="stretch", antialias=False)
+                                         resize="stretch", antialias=False, low_res_start=LOW_RES_IM_START,
+                                         low_res_cols=True)
 MOLMO2_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "gelu": "gelu",
                       "quick_gelu": "quick_gelu"}
 
@@ -422,10 +427,21 @@ def _first(d: Mapping, *names, default=None):
     return default
 
 
-def molmo2_preprocessor(pp: Mapping | None, where: str = "preprocessor_config.json") -> PreprocessorConfig:
+def molmo2_preprocessor(pp: Mapping | None, where: str = "preprocessor_config.json",
+                        processor: Mapping | None = None) -> PreprocessorConfig:
     """PreprocessorConfig from a Molmo2 preprocessor_config.json (None: MOLMO2_PREPROCESSOR). Read: size (or
-    base_image_input_size), patch_size, max_crops, overlap_margins, pooling_size, image_mean, image_std."""
+    base_image_input_size), patch_size, max_crops, overlap_margins, pooling_size, image_mean, image_std; from
+    processor_config.json (``processor``), how the overview's tokens are written: use_single_crop_start_token,
+    use_single_crop_col_tokens (null: as image_use_col_tokens)."""
     base = MOLMO2_PREPROCESSOR
+    if processor:
+        cols = processor.get("use_single_crop_col_tokens")
+        cols = processor.get("image_use_col_tokens", True) if cols is None else cols
+        if not processor.get("image_use_col_tokens", True):
+            raise ReleasedCheckpointError(f"{where}: image_use_col_tokens false (crops without <im_col>) is not "
+                                          "supported")
+        start = LOW_RES_IM_START if processor.get("use_single_crop_start_token", True) else IM_START
+        base = replace(base, low_res_start=start, low_res_cols=bool(cols))
     if pp is None:
         return base
     size = _first(pp, "size", "base_image_input_size", default=[base.crop_size, base.crop_size])
@@ -443,7 +459,7 @@ def molmo2_preprocessor(pp: Mapping | None, where: str = "preprocessor_config.js
 
 
 def molmo2_config(hf: Mapping, preprocessor: Mapping | None = None, tokenizer: str = "",
-                  where: str = "config.json") -> MolmoConfig:
+                  where: str = "config.json", processor: Mapping | None = None) -> MolmoConfig:
     """The MolmoConfig of a Molmo2 checkpoint from its config.json, as transformers' Molmo2Config reads it (both the
     hub's remote-code names and transformers' own), mapped onto the course's switches:
 
@@ -543,8 +559,9 @@ def molmo2_config(hf: Mapping, preprocessor: Mapping | None = None, tokenizer: s
         llm_dim=int(_first(adapter, "text_hidden_size", default=hidden)), pad_embed=False)
     try:
         # without preprocessor_config.json: Molmo2's defaults at the ViT's own crop size (its input size)
-        pre = molmo2_preprocessor(preprocessor) if preprocessor is not None else replace(
-            MOLMO2_PREPROCESSOR, crop_size=vision.image_size, patch_size=vision.patch_size)
+        pre = molmo2_preprocessor(preprocessor, processor=processor)
+        if preprocessor is None:
+            pre = replace(pre, crop_size=vision.image_size, patch_size=vision.patch_size)
         return MolmoConfig(preprocessor=pre, vision=vision, connector=connector, llm=llm, tokenizer=tokenizer,
                            image_attention="bidirectional")
     except ValueError as err:
@@ -713,7 +730,10 @@ def load_released(path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32
         check_released_keys(files, shown_path(folder))
         config, layout = released_config(hf, pp, tokenizer=str(folder), where=shown_path(config_path)), MOLMO1_LAYOUT
     else:
-        config, layout = molmo2_config(hf, pp, tokenizer=str(folder), where=shown_path(config_path)), MOLMO2_LAYOUT
+        proc_path = folder / "processor_config.json"
+        proc = _read_json(proc_path, "") if proc_path.exists() else None
+        config = molmo2_config(hf, pp, tokenizer=str(folder), where=shown_path(config_path), processor=proc)
+        layout = MOLMO2_LAYOUT
         files = weight_map(folder)
     if tokenizer is None:
         tokenizer = _tokenizer_for(folder, config)

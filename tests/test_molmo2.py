@@ -10,7 +10,9 @@ cls_token / pre_ln / patch_bias, LLMConfig.qk_norm_scope, MolmoConfig.image_atte
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from molmo_lite.vision import VisionTransformer
 transformers = pytest.importorskip("transformers")
 from transformers import Molmo2Config, Molmo2ForConditionalGeneration  # noqa: E402
 from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor  # noqa: E402
+from transformers.models.molmo2.processing_molmo2 import Molmo2Processor  # noqa: E402
 
 VOCAB, EXTRA = 512, 8  # the tiny BPE's 512 ids; its image tokens 512.. sit in the additional rows, as Molmo2's
 TOKENIZER = MolmoTokenizer.tiny(pad_to=VOCAB)
@@ -56,6 +59,7 @@ def save_in_hub_layout(model: Molmo2ForConditionalGeneration, folder) -> None:
     (and Molmo 1) keep the vocabulary's rows in wte.embedding and the additional ones in wte.new_embedding."""
     model.save_pretrained(folder)
     processor().save_pretrained(folder)  # preprocessor_config.json, as transformers writes it
+    (folder / "processor_config.json").write_text(json.dumps(vars(LAYOUT)))
     state = load_file(folder / "model.safetensors")
     table = model.model.language_model.embed_tokens.weight.detach()
     state["model.transformer.wte.embedding"] = table[:VOCAB].clone()
@@ -68,17 +72,20 @@ def processor() -> Molmo2ImageProcessor:
                                 pooling_size=[2, 2])
 
 
+# How Molmo2Processor writes the image's tokens (processor_config.json): the overview without <im_col>, as Molmo2-8B's;
+# opened with <im_start> rather than <low_res_im_start>, which the course tokenizer does not have.
+LAYOUT = SimpleNamespace(image_use_col_tokens=True, use_single_crop_col_tokens=False, use_single_crop_start_token=False)
+
+
 def image_inputs(seed: int = 0):
     """A random 70 x 100 image through transformers' Molmo2ImageProcessor (56 px crops, at most 4) -> its tensors
-    and the image's tokens as Molmo2Processor lays them out: the low-resolution overview, then the crops, each
-    row of patches closed by <im_col> (the overview starts with <im_start>: use_single_crop_start_token=False)."""
+    and the image's tokens as Molmo2Processor lays them out: the low-resolution overview, then the crops."""
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (70, 100, 3), dtype=np.uint8)
     out = processor()(images=[image], return_tensors="pt")
-    low_h, low_w, high_h, high_w = out["image_grids"][0].tolist()
-    tokens = []
-    for h, w in ((low_h, low_w), (high_h, high_w)):
-        tokens += [IDS[IM_START]] + ([IDS[IM_PATCH]] * w + [IDS[IM_COL]]) * h + [IDS[IM_END]]
+    text = Molmo2Processor.replace_image_token(LAYOUT, out, 0)  # transformers' own layout of the image's tokens
+    tokens = [IDS[t] for t in re.findall(r"<[a-z_]+>", text)]
+    assert "".join(re.findall(r"<[a-z_]+>", text)) == text
     return out, tokens
 
 
@@ -133,6 +140,8 @@ def test_the_loaded_preprocessor_makes_the_crops_of_molmo2s_processor(pair):
     image = np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)
     mine = ours.processor(image)
     assert torch.equal(mine.pooled_patches_idx, inputs["image_token_pooling"].long())
+    _, tokens = image_inputs()
+    assert [TOKENIZER.token_to_id(t) for t in mine.tokens] == tokens  # the layout of processor_config.json
     theirs = inputs["pixel_values"].reshape(mine.patches.shape)
     assert (mine.patches - theirs).abs().max() <= 0.5 / 255 / 0.5 + 1e-6
 

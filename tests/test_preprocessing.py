@@ -240,3 +240,27 @@ def test_tiny_preset_runs_fast_with_small_crops():
     assert out.crops.shape[1:] == (3, 56, 56)
     assert out.pooled_patches_idx.shape[1] == 4
     assert out.num_crops <= 1 + 4
+
+
+@pytest.mark.parametrize("start_token, overview_cols", [(True, False), (True, True), (False, False)])
+def test_molmo2_token_layout_equals_molmo2_processor(start_token, overview_cols):
+    """PreprocessorConfig.low_res_start / low_res_cols write the overview as transformers' Molmo2Processor does
+    (Molmo2-8B: <low_res_im_start>, no <im_col>); num_image_tokens counts the same tokens."""
+    from types import SimpleNamespace
+
+    from transformers.models.molmo2.processing_molmo2 import Molmo2Processor
+
+    from molmo_lite.config import LOW_RES_IM_START
+
+    layout = SimpleNamespace(image_use_col_tokens=True, use_single_crop_col_tokens=overview_cols,
+                             use_single_crop_start_token=start_token)
+    start = LOW_RES_IM_START if start_token else "<im_start>"
+    ours_proc = MolmoImageProcessor(resize="stretch", antialias=False, low_res_start=start,
+                                    low_res_cols=overview_cols)
+    ref = molmo2_processor()
+    rng = np.random.default_rng(4)
+    for h, w, _ in parity_cases(8, seed=5):
+        image = random_image(rng, min(h, 700), min(w, 700))
+        ours, theirs = ours_proc(image), run_molmo2(ref, image)
+        assert "".join(ours.tokens) == Molmo2Processor.replace_image_token(layout, theirs, 0)
+        assert ours.geometry.num_image_tokens == len(ours.tokens)
