@@ -3,7 +3,8 @@
 split_att_proj and split_ff_proj against the package's own (which tests/test_released.py checks against transformers'
 Molmo2 loader); block_state against the parameters of an LLM whose released tensors were made with the package's
 name map; released_bytes against chapter 11's footprint_table, which counts molmo_lite's modules instead of the
-released names.
+released names; image_attention_mask against molmo_lite.llm.build_mask, whose Molmo2 rule tests/test_molmo2.py checks
+against transformers' Molmo2ForConditionalGeneration.
 """
 
 from __future__ import annotations
@@ -257,3 +258,58 @@ def check_released_bytes(namespace: dict) -> None:
 
     student = _student_function(namespace, "released_bytes")
     _compare_on_cases("released_bytes", ("config", "fmt"), student, reference, cases, _with_hint(mismatch))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exercise 5: Molmo2's attention rule
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _Group(list):
+    """A token row's image flags that failure messages show compactly (1 = an image layout token)."""
+
+    def __repr__(self) -> str:
+        return "[" + "".join("1" if g else "0" for g in self) + "]"
+
+
+def _mask_mismatch(got: Any, expected: Any) -> str | None:
+    import torch
+
+    try:
+        got = torch.as_tensor(got).bool()
+    except (TypeError, ValueError, RuntimeError):
+        return f"returned {_describe(got)}, expected a bool tensor [T, T]"
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"returned a mask of shape {list(got.shape)}, expected {list(expected.shape)}"
+    if torch.equal(got, expected):
+        return None
+    q, k = (got != expected).nonzero()[0].tolist()
+    return (f"says query {q} {'may' if got[q, k] else 'may not'} attend to key {k}; expected "
+            f"{'allowed' if expected[q, k] else 'not allowed'}")
+
+
+@check(CHAPTER, "image_attention_mask")
+def check_image_attention_mask(namespace: dict) -> None:
+    """image_attention_mask(group) equals molmo_lite.llm.build_mask(None, 1, T, 0, "cpu", group)[0, 0] (causal, OR
+    both tokens in the image group) on 9 rows: no image, all image, one image between text, two images (one group,
+    as Molmo2's processor marks them), an image first and last; plain causal and "the text sees the images after it"
+    fail with hints."""
+    import torch
+
+    from molmo_lite.llm import build_mask
+
+    rows = ["0000", "1111", "0011110", "0110011100", "111000", "000111", "1", "0", "01010110"]
+    cases = [(_Group(bool(int(c)) for c in row),) for row in rows]
+
+    def reference(group):
+        flags = torch.tensor([list(group)])
+        t = flags.shape[1]
+        built = build_mask(None, 1, t, 0, "cpu", flags)  # None for one token: it may attend to everything there is
+        expected = torch.ones(1, 1, dtype=torch.bool) if built is None else built[0, 0]
+        causal = torch.ones(t, t, dtype=torch.bool).tril()
+        return expected, {"plain causal attention: image tokens must also see the image tokens after them": causal,
+                          "every token seeing the image tokens after it: only image tokens see ahead, text stays "
+                          "causal": causal | flags[0][None, :]}
+
+    student = _student_function(namespace, "image_attention_mask")
+    _compare_on_cases("image_attention_mask", ("group",), student, reference, cases, _with_hint(_mask_mismatch))
