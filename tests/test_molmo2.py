@@ -279,3 +279,33 @@ def test_bidirectional_needs_a_group_per_key():
     with pytest.raises(ValueError, match=r"bidirectional must be \[B, past \+ T\]"):
         build_mask(None, 1, 4, 0, "cpu", group[:, :3])
     assert MolmoConfig().image_attention == "causal"  # Molmo 1 stays the default
+
+
+def test_a_folder_with_the_hub_configs_remote_code_names_loads(pair, tmp_path):
+    """config.json as the hub writes it (vit_config, image_default_input_size, vit_layers, qkv_bias, layer_norm_eps,
+    rope_theta), listing more ViT layers than the weights hold: molmo_lite and transformers both read it, keep the
+    blocks up to the last one read, and give the logits of the original model."""
+    theirs, _, ids, inputs = pair
+    save_in_hub_layout(theirs, tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    vision = hf.pop("vision_config")
+    hf["vit_config"] = {"hidden_size": vision["hidden_size"], "intermediate_size": vision["intermediate_size"],
+                        "num_hidden_layers": 5, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
+                        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "image_default_input_size": [56, 56],
+                        "image_patch_size": 14, "image_num_pos": 16}
+    adapter = hf["adapter_config"]
+    adapter["vit_layers"] = [-3, -5]  # of 5 listed: blocks 2 and 0, the ones (-1, -3) read of the 3 the weights hold
+    del adapter["vision_feature_layer"]
+    text = hf["text_config"]
+    text["qkv_bias"], text["layer_norm_eps"] = text.pop("attention_bias"), text.pop("rms_norm_eps")
+    text["rope_theta"] = text.pop("rope_parameters")["rope_theta"]
+    text.pop("rope_scaling_layers", None)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+
+    ours = load_released(tmp_path, tokenizer=TOKENIZER)
+    assert ours.config.vision.blocks_used == 3 and ours.config.vision.feature_layers == (2, 0)
+    expected = theirs_logits(theirs, ids, inputs)
+    assert (ours_logits(ours, ids, inputs) - expected).abs().max() < 1e-4
+    again = Molmo2ForConditionalGeneration.from_pretrained(tmp_path).eval()  # transformers' reading of the same file
+    again.config._attn_implementation = "eager"
+    assert (theirs_logits(again, ids, inputs) - expected).abs().max() < 1e-4
