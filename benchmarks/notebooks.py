@@ -60,8 +60,10 @@ SYLLABUS: dict[str, tuple[str, str, str, str]] = {
            "weights)", "yes (several GPUs)"),
     "13": ("released Molmo", "`MolmoLite.from_released`: allenai's Molmo-7B-D / 7B-O layout tensor by tensor, the "
            "fused q/k/v and up/gate split, memory in fp32 / bf16 / NF4 from the shapes, prompt and pointing, clear "
-           "errors for bad folders, Molmo2's changes", "the model a tiny released-layout checkpoint was written from "
-           "(logits to 1e-5); `transformers`' Molmo2 loader (same split)", "yes (the real 7B, after a download)"),
+           "errors for bad folders; Molmo2 as switches of the same modules (SigLIP-style ViT, per-head q/k norm, "
+           "bidirectional image attention), loaded from its hub layout", "the model a tiny released-layout checkpoint "
+           "was written from (logits to 1e-5); `transformers`' Molmo2 loader (same split); `transformers` "
+           "Molmo2ForConditionalGeneration (logits to 1e-4)", "yes (the real 7B, after a download)"),
 }
 
 

@@ -568,6 +568,27 @@ def molmo2_config(hf: Mapping, preprocessor: Mapping | None = None, tokenizer: s
         raise ReleasedCheckpointError(f"{where} and preprocessor_config.json do not fit together: {err}") from None
 
 
+def save_molmo2_hub_layout(model, directory: str | Path) -> Path:
+    """Write a transformers ``Molmo2ForConditionalGeneration`` in the hub layout, as allenai's Molmo2 folders hold it:
+    transformers' ``save_pretrained`` writes the hub's key names, but splits the embedding table into two equal halves
+    where the hub keeps the vocabulary's rows in ``wte.embedding`` and the additional ones in ``wte.new_embedding``;
+    this rewrites that pair. For tests and benchmarks of the Molmo2 reader (a tiny random Molmo2 -> a folder)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    path = directory / SINGLE_NAME
+    if not path.exists():
+        raise ValueError(f"{shown_path(directory)}: expected one {SINGLE_NAME} (a tiny model), got shards")
+    state = load_file(path)
+    table = model.model.language_model.embed_tokens.weight.detach()
+    vocab = model.config.text_config.vocab_size
+    prefix = PREFIX + "transformer.wte."
+    state[prefix + "embedding"], state[prefix + "new_embedding"] = table[:vocab].clone(), table[vocab:].clone()
+    save_file(state, path, metadata={"format": "pt"})
+    return directory
+
+
 def is_released_folder(path: str | Path) -> bool:
     """Does ``path`` hold a config.json of a released Molmo 1 (model_type "molmo" / MolmoForCausalLM) or Molmo2?"""
     try:

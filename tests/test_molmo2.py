@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import randomize
-from safetensors.torch import load_file, save_file
 
 from molmo_lite.config import IM_COL, IM_END, IM_PATCH, IM_START, MolmoConfig
 from molmo_lite.model import MolmoLite
-from molmo_lite.released import ReleasedCheckpointError, load_released, molmo2_config
+from molmo_lite.released import ReleasedCheckpointError, load_released, molmo2_config, save_molmo2_hub_layout
 from molmo_lite.tokenizer import MolmoTokenizer
 from molmo_lite.vision import VisionTransformer
 
@@ -55,16 +54,11 @@ def tiny_molmo2_config(qk_norm_type: str = "qwen3", norm_after: bool = False, fe
 
 
 def save_in_hub_layout(model: Molmo2ForConditionalGeneration, folder) -> None:
-    """transformers writes the hub's key names; its writer splits the embedding table in two halves, where the hub
-    (and Molmo 1) keep the vocabulary's rows in wte.embedding and the additional ones in wte.new_embedding."""
-    model.save_pretrained(folder)
-    processor().save_pretrained(folder)  # preprocessor_config.json, as transformers writes it
+    """The weights and config.json in the hub layout (released.save_molmo2_hub_layout), the image processor's
+    preprocessor_config.json and a processor_config.json, as transformers writes them."""
+    save_molmo2_hub_layout(model, folder)
+    processor().save_pretrained(folder)
     (folder / "processor_config.json").write_text(json.dumps(vars(LAYOUT)))
-    state = load_file(folder / "model.safetensors")
-    table = model.model.language_model.embed_tokens.weight.detach()
-    state["model.transformer.wte.embedding"] = table[:VOCAB].clone()
-    state["model.transformer.wte.new_embedding"] = table[VOCAB:].clone()
-    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
 
 
 def processor() -> Molmo2ImageProcessor:
