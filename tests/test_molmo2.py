@@ -303,3 +303,22 @@ def test_a_folder_with_the_hub_configs_remote_code_names_loads(pair, tmp_path):
     again = Molmo2ForConditionalGeneration.from_pretrained(tmp_path).eval()  # transformers' reading of the same file
     again.config._attn_implementation = "eager"
     assert (theirs_logits(again, ids, inputs) - expected).abs().max() < 1e-4
+
+
+def test_cli_generate_runs_a_molmo2_folder(pair, tmp_path, capsys):
+    """`python -m molmo_lite generate --model FOLDER` on a Molmo2 folder with its tokenizer files: the answer is the
+    model's own greedy answer (bidirectional image attention included)."""
+    from molmo_lite.__main__ import main
+    from molmo_lite.released import write_released_tokenizer
+
+    theirs, ours, _, _ = pair
+    save_in_hub_layout(theirs, tmp_path)
+    write_released_tokenizer(TOKENIZER, tmp_path)  # tokenizer.json + tokenizer_config.json, image tokens included
+    image = tmp_path / "noise.png"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(image)
+    assert main(["generate", "--model", str(tmp_path), "--image", str(image), "--prompt", "Point to the dot.",
+                 "--max-new-tokens", "4"]) == 0
+    expected = ours.generate(str(image), " User: Point to the dot. Assistant:", max_new_tokens=4)
+    assert capsys.readouterr().out.splitlines()[0] == expected
