@@ -1,4 +1,4 @@
-"""The released Molmo 1 checkpoints, read into MolmoLite and written back in their own layout (chapter 13).
+"""The released Molmo checkpoints, read into MolmoLite (Molmo 1 written back in its own layout too; chapter 13).
 
 allenai/Molmo-7B-D-0924 (Qwen2-7B inside) and allenai/Molmo-7B-O-0924 (OLMo-7B inside) ship as remote code
 (modeling_molmo.py) plus weights whose names are those of AI2's training code, prefixed with ``model.``. Their
@@ -13,6 +13,11 @@ and config.json says nothing about the vision side: the remote code hard-codes i
     load_released(folder_or_hub_id, dtype=torch.bfloat16)   -> MolmoLite       (MolmoLite.from_released calls it)
     write_released(model, folder, variant="7b-d")           a MolmoLite in the released layout (tiny checkpoints)
     split_att_proj / split_ff_proj                          the fused-weight convention, checked against transformers
+
+Molmo2 (allenai/Molmo2-*, in the hub layout that transformers' Molmo2ForConditionalGeneration reads) is the same
+modules with other switches (``molmo2_config``: a ViT without CLS or pre-LN and with a patch bias, per-head q/k norm,
+bidirectional attention among the image tokens) and the LLM block's tensors nested under ``self_attn.`` / ``mlp.``
+(``MOLMO2_LAYOUT``); ``load_released`` tells the two families apart by config.json.
 
 Loading never holds more than the model plus the tensor being read: the model is built on PyTorch's meta device
 (shapes, no memory), the shards are read one after the other, memory-mapped with ``safetensors.safe_open``, every
@@ -949,6 +954,15 @@ def write_released(model, directory: str | Path, variant: str = "7b-d", shard_si
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     llm = model.config.llm
+    v = model.config.vision
+    molmo2 = [name for name, on in (("no CLS token", not v.cls_token), ("no pre-LN", not v.pre_ln),
+                                    ("a patch-embedding bias", v.patch_bias), ("per-head q/k norm",
+                                    llm.qk_norm and llm.qk_norm_scope == "head"),
+                                    ("bidirectional image attention", model.config.image_attention != "causal"),
+                                    ("no pad embeddings", not model.config.connector.pad_embed)) if on]
+    if molmo2:
+        raise ValueError(f"the released Molmo 1 layout cannot hold a model with {', '.join(molmo2)} (Molmo2's "
+                         "switches); Molmo 1's remote code would read it wrongly")
     wants_olmo = variant == "7b-o"
     if llm.norm_after != wants_olmo or llm.qk_norm != wants_olmo:
         raise ValueError(f"variant {variant!r} means norm_after={wants_olmo} and q/k norm={wants_olmo} (as "

@@ -322,3 +322,10 @@ def test_cli_generate_runs_a_molmo2_folder(pair, tmp_path, capsys):
                  "--max-new-tokens", "4"]) == 0
     expected = ours.generate(str(image), " User: Point to the dot. Assistant:", max_new_tokens=4)
     assert capsys.readouterr().out.splitlines()[0] == expected
+
+
+def test_the_molmo1_writer_refuses_a_model_with_molmo2_switches(pair, tmp_path):
+    from molmo_lite.released import write_released
+
+    with pytest.raises(ValueError, match=r"cannot hold a model with no CLS token, no pre-LN, a patch-embedding bias"):
+        write_released(pair[1], tmp_path)
