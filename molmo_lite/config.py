@@ -223,6 +223,10 @@ class LLMConfig:
     tie_embeddings: bool = False
     additional_vocab: int = 128
 
+    def __post_init__(self):
+        if self.qk_norm_scope not in ("full", "head"):
+            raise ValueError(f"qk_norm_scope must be 'full' (OLMo 2) or 'head' (Qwen3), got {self.qk_norm_scope!r}")
+
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden // self.heads
@@ -265,9 +269,6 @@ class MolmoConfig:
         if self.image_attention not in ("causal", "bidirectional"):
             raise ValueError(f"image_attention must be 'causal' (Molmo 1) or 'bidirectional' (Molmo2), got "
                              f"{self.image_attention!r}")
-        if self.llm.qk_norm_scope not in ("full", "head"):
-            raise ValueError(f"llm.qk_norm_scope must be 'full' (OLMo 2) or 'head' (Qwen3), got "
-                             f"{self.llm.qk_norm_scope!r}")
         if self.connector.input_dim != self.vision.feature_dim:
             raise ValueError(f"connector.input_dim ({self.connector.input_dim}) must equal the ViT's feature channels "
                              f"({self.vision.feature_dim} = width x {len(self.vision.feature_layers)} layers)")

@@ -173,14 +173,13 @@ class Layout:
     Molmo 1 keeps att_proj / attn_out / q_norm / k_norm and ff_proj / ff_out directly under ``blocks.{i}.``; Molmo2
     nests them under ``self_attn.`` and ``mlp.``, and names the untied output head ``lm_head.weight``."""
 
-    family: str
     attention: str
     mlp: str
     head: str
 
 
-MOLMO1_LAYOUT = Layout("molmo1", "", "", PREFIX + "transformer.ff_out.weight")
-MOLMO2_LAYOUT = Layout("molmo2", "self_attn.", "mlp.", "lm_head.weight")
+MOLMO1_LAYOUT = Layout("", "", PREFIX + "transformer.ff_out.weight")
+MOLMO2_LAYOUT = Layout("self_attn.", "mlp.", "lm_head.weight")
 
 
 def released_plan(config: MolmoConfig, layout: Layout = MOLMO1_LAYOUT) -> list[Entry]:
