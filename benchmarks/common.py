@@ -29,7 +29,7 @@ def markers(name: str) -> tuple[str, str]:
 
 
 def readme_block(name: str, readme: Path = README) -> str:
-    """The table the README quotes for benchmark ``name``."""
+    """The table the README (or another page: ``readme``) quotes for benchmark ``name``."""
     start, end = markers(name)
     return readme.read_text().split(start, 1)[1].split(end, 1)[0].strip()
 
@@ -40,11 +40,16 @@ def publish(name: str, result: dict, table: str, out: Path, update_readme: bool 
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("wrote", out)
     if update_readme:
-        start, end = markers(name)
-        text = README.read_text()
-        head, rest = text.split(start, 1)
-        README.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
-        print("updated", README)
+        replace_block(name, table)
+
+
+def replace_block(name: str, table: str, path: Path = README) -> None:
+    """Replace the text between benchmark ``name``'s markers in ``path`` (README.md, or a page of docs/)."""
+    start, end = markers(name)
+    text = path.read_text()
+    head, rest = text.split(start, 1)
+    path.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    print("updated", path)
 
 
 def best_seconds(fns: dict[str, Callable[[], object]], rounds: int, repeat: int = 1,

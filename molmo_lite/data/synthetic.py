@@ -190,12 +190,13 @@ def _count_distribution(rng: np.random.Generator, max_count: int) -> int:
 
 
 def pointing_example(rng: np.random.Generator, size: int = 56, max_count: int = 10, max_distractors: int = 6,
-                     min_count: int | None = None, min_distractors: int = 0) -> Example:
+                     min_count: int | None = None, min_distractors: int = 0, render: bool = True) -> Example:
     """One scene with 0..max_count objects of a queried class among min_distractors..max_distractors others, and
     three annotations: pointing at the class, counting it by pointing (PixMo-Points style), and pointing at another
     class. min_count None: 0 one time in eight, else uniform 1..max_count (the held-out distribution); an integer:
     uniform min_count..max_count (the curriculum's easy scenes). meta: label, points (every matching object's centre,
-    0-100), count, objects."""
+    0-100), count, objects. render False: image None (the oracle harness reads ``meta["objects"]`` alone; the
+    background's random numbers are drawn all the same, so the scenes are those of the rendered stream)."""
     query = random_query(rng)
     count = _count_distribution(rng, max_count) if min_count is None else int(rng.integers(min_count, max_count + 1))
     objects = counting_scene(rng, query, count, int(rng.integers(min_distractors, max_distractors + 1)))
@@ -209,7 +210,12 @@ def pointing_example(rng: np.random.Generator, size: int = 56, max_count: int = 
                  "point_count")],
         [Message(f"Point to the {other.label}.", points_to_text(other_points, other.label), "pointing")],
     ]
-    return Example(render_scene(objects, size=size, rng=rng), messages, "pointing",
+    if render:
+        image = render_scene(objects, size=size, rng=rng)
+    else:  # the background's random numbers all the same, so that the next scenes are those of the rendered stream
+        rng.integers(90, 170, size=3)
+        image = None
+    return Example(image, messages, "pointing",
                    {"label": query.label, "points": points, "count": len(points), "objects": objects,
                     "other_label": other.label, "other_points": other_points})
 

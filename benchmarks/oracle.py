@@ -1,0 +1,107 @@
+"""The oracle harness: the course's LLM with perfect image features, pointing and counting only (chapter 10).
+
+    python -m benchmarks.oracle                       # the default configuration, 10 training minutes
+    python -m benchmarks.oracle NAME [--minutes 10] [--heldout 200] [--evals 5]
+    python -m benchmarks.oracle --list                # the configurations and what each changes
+
+Each configuration is an ``molmo_lite.oracle.OracleConfig``: the LLM's geometry, its optimiser, the layout and the
+training scenes (the held-out scenes are always chapter 07's: 0-10 of the class asked among 0-6 others). Training
+runs for ``--minutes`` of training time on this machine (the evaluations are not counted), evaluating ``--evals``
+times on ``--heldout`` scenes. Writes benchmarks/results/oracle.json, one record per configuration (a rerun replaces
+its record and keeps the earlier headline under "previous_runs"): pointing F1, counting exact and F1 by number of
+targets against minutes and steps, the final scores with the shuffled-image control, steps/s, tokens/s and the
+configuration. Ends with one line:
+
+    oracle: pointing_f1=<f> counting_exact=<f> train_minutes=<f> heldout=<n>
+
+One run at a time on a 2-core machine (two at once run several times slower each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import machine_info, replace_block
+from molmo_lite.oracle import OracleConfig, train_oracle
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "oracle.json"
+PAGE = ROOT / "docs" / "recipes.md"  # the table lives between its <!-- oracle-benchmark --> markers
+
+# name -> (what it changes, relative to the configuration it names; the OracleConfig fields it sets)
+CONFIGS: dict[str, tuple[str, dict]] = {
+    "o0-tiny": ("the tiny LLM (4 x 128) from a random start, AdamW 1e-3, batch 16, the held-out world throughout",
+                {}),
+    "o1-targets": ("o0 + a curriculum over the number of targets (<= 2 among <= 2 others, then <= 5 among <= 4, "
+                   "then the held-out world from 35% of the minutes)", {"curriculum": "targets"}),
+    "o2-question-first": ("o0 + the question before the image tokens, which can then read it (Molmo puts the "
+                          "image first)", {"question_first": True}),
+    "o3-bf16": ("o0 + bf16 autocast (this CPU has AMX): more steps in the same minutes", {"autocast": True}),
+}
+DEFAULT = "o0-tiny"
+
+
+def run(name: str, minutes: float, heldout: int, evals: int, threads: int = 2) -> dict:
+    lever, fields = CONFIGS[name]
+    record = train_oracle(OracleConfig(**fields), minutes=minutes, heldout=heldout, evals=evals, threads=threads)
+    record.pop("model")
+    record.update(name=name, lever=lever, machine=machine_info())
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if name in results:
+        old = results[name]
+        previous = old.pop("previous_runs", [])
+        record["previous_runs"] = previous + [{k: old[k] for k in ("train_minutes", "steps")} | {
+            "pointing_f1": old["final"]["pointing_f1"], "counting_exact": old["final"]["counting_exact"]}]
+    results[name] = record
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    return record
+
+
+def table(results: dict[str, dict]) -> str:
+    """The Markdown table of docs/recipes.md: one row per configuration run, in CONFIGS' order."""
+    buckets = ("0-0", "1-3", "4-7", "8-10")
+    rows = ["| configuration | what it changes | train min | steps | pointing F1 | counting exact | F1 by targets "
+            "0 / 1-3 / 4-7 / 8-10 | shuffled images F1 | F1 along the curve (minutes) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, (lever, _) in CONFIGS.items():
+        if name not in results:
+            continue
+        r = results[name]
+        by = " / ".join(f"{r['final']['by_count'][b]['f1']:.2f}" for b in buckets)
+        curve = ", ".join(f"{c['pointing_f1']:.2f} ({c['minutes']:.0f})" for c in r["curve"])
+        rows.append(f"| {name} | {lever} | {r['train_minutes']:.1f} | {r['steps']} | "
+                    f"{r['final']['pointing_f1']:.2f} | {r['final']['counting_exact']:.2f} | {by} | "
+                    f"{r['shuffled']['pointing_f1']:.2f} | {curve} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", default=DEFAULT, choices=sorted(CONFIGS))
+    parser.add_argument("--minutes", type=float, default=10.0, help="training minutes (default 10)")
+    parser.add_argument("--heldout", type=int, default=200, help="held-out scenes (default 200)")
+    parser.add_argument("--evals", type=int, default=5, help="evaluations during training (default 5)")
+    parser.add_argument("--list", action="store_true", help="list the configurations")
+    parser.add_argument("--table", action="store_true", help="rewrite the table of docs/recipes.md from the JSON")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (lever, _) in CONFIGS.items():
+            print(f"{name:<20} {lever}")
+        return
+    if not args.table:
+        torch.set_num_threads(2)
+        r = run(args.name, args.minutes, args.heldout, args.evals)
+    replace_block("oracle", table(json.loads(OUT.read_text())), PAGE)
+    if args.table:
+        return
+    print(f"oracle: pointing_f1={r['final']['pointing_f1']:.3f} counting_exact={r['final']['counting_exact']:.3f} "
+          f"train_minutes={r['train_minutes']:.2f} heldout={r['heldout']}")
+
+
+if __name__ == "__main__":
+    main()
