@@ -7,8 +7,9 @@
 Each configuration is an ``molmo_lite.oracle.OracleConfig``: the LLM's geometry, its optimiser, the layout and the
 training scenes (the held-out scenes are always chapter 07's: 0-10 of the class asked among 0-6 others). Training
 runs for ``--minutes`` of training time on this machine (the evaluations are not counted), evaluating ``--evals``
-times on ``--heldout`` scenes. Writes benchmarks/results/oracle.json, one record per configuration (a rerun replaces
-its record and keeps the earlier headline under "previous_runs"): pointing F1, counting exact and F1 by number of
+times on ``--heldout`` scenes. Writes benchmarks/results/oracle.json, one record per configuration and budget (keyed
+NAME for 10 minutes, NAME-<M>min otherwise; a rerun replaces its record and keeps the earlier headline under
+"previous_runs"): pointing F1, counting exact and F1 by number of
 targets against minutes and steps, the final scores with the shuffled-image control, steps/s, tokens/s and the
 configuration. Ends with one line:
 
@@ -34,15 +35,34 @@ PAGE = ROOT / "docs" / "recipes.md"  # the table lives between its <!-- oracle-b
 
 # name -> (what it changes, relative to the configuration it names; the OracleConfig fields it sets)
 CONFIGS: dict[str, tuple[str, dict]] = {
-    "o0-tiny": ("the tiny LLM (4 x 128) from a random start, AdamW 1e-3, batch 16, the held-out world throughout",
-                {}),
-    "o1-targets": ("o0 + a curriculum over the number of targets (<= 2 among <= 2 others, then <= 5 among <= 4, "
-                   "then the held-out world from 35% of the minutes)", {"curriculum": "targets"}),
-    "o2-question-first": ("o0 + the question before the image tokens, which can then read it (Molmo puts the "
-                          "image first)", {"question_first": True}),
-    "o3-bf16": ("o0 + bf16 autocast (this CPU has AMX): more steps in the same minutes", {"autocast": True}),
+    "o0-adamw": ("the tiny LLM (4 x 128, random start), AdamW 1e-3 (cosine to 0.55x after a 50-step warmup), batch "
+                 "16 scenes with one annotation each, chapter 07's world throughout (the probe's setup)", {}),
+    "o1-muon": ("o0 with Muon (torch.optim.Muon, its update size matched to AdamW's) for the 2-D weights of the "
+                "LLM's blocks and the projector; AdamW for the embeddings, norms and biases", {"optimizer": "muon"}),
+    "o2-muon-packed": ("o1 + Molmo's multi-annotation packing: one row per scene with its three annotations "
+                       "(3x the answers per step, 2.3x the time per step)",
+                       {"optimizer": "muon", "pack_annotations": True}),
+    "o3-muon-targets": ("o1 + a curriculum: one object alone (10% of the minutes), one target among <= 3 others "
+                        "(to 25%), <= 4 among <= 4 (to 45%), then chapter 07's world",
+                        {"optimizer": "muon", "curriculum": "targets"}),
+    "o4-muon-lr2e-3": ("o1 at learning rate 2e-3", {"optimizer": "muon", "lr": 2e-3}),
+    "o5-muon-batch8": ("o1 with batch 8: more, noisier steps in the same minutes", {"optimizer": "muon",
+                                                                                   "batch_size": 8}),
+    "o6-muon-question-first": ("o1 with the question before the image tokens, which can then read it (Molmo puts "
+                               "the image first)", {"optimizer": "muon", "question_first": True}),
+    "o7-muon-words-mimetic": ("o1 with colour and shape as the LLM's own embeddings of the question's words and "
+                              "keys that start as copies of the queries (mimetic initialisation, std 0.06)",
+                              {"optimizer": "muon", "features": "words", "mimetic": 0.06}),
+    "o8-muon-match-bit": ("o1 + the diagnostic ceiling: each cell also says whether it holds what the question asks "
+                          "for (binding done for the model; never an input of the course's model)",
+                          {"optimizer": "muon", "match_bit": True}),
 }
-DEFAULT = "o0-tiny"
+DEFAULT = "o1-muon"
+
+
+def record_key(name: str, minutes: float) -> str:
+    """A configuration's key in the JSON: its name for the 10-minute budget of the table, else name-<minutes>min."""
+    return name if minutes == 10 else f"{name}-{minutes:g}min"
 
 
 def run(name: str, minutes: float, heldout: int, evals: int, threads: int = 2) -> dict:
@@ -51,30 +71,30 @@ def run(name: str, minutes: float, heldout: int, evals: int, threads: int = 2) -
     record.pop("model")
     record.update(name=name, lever=lever, machine=machine_info())
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
-    if name in results:
-        old = results[name]
+    key = record_key(name, minutes)
+    if key in results:
+        old = results[key]
         previous = old.pop("previous_runs", [])
         record["previous_runs"] = previous + [{k: old[k] for k in ("train_minutes", "steps")} | {
             "pointing_f1": old["final"]["pointing_f1"], "counting_exact": old["final"]["counting_exact"]}]
-    results[name] = record
+    results[key] = record
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=1) + "\n")
     return record
 
 
 def table(results: dict[str, dict]) -> str:
-    """The Markdown table of docs/recipes.md: one row per configuration run, in CONFIGS' order."""
+    """The Markdown table of docs/recipes.md: one row per run, in CONFIGS' order (longer budgets after the 10-minute
+    row of the same configuration)."""
     buckets = ("0-0", "1-3", "4-7", "8-10")
     rows = ["| configuration | what it changes | train min | steps | pointing F1 | counting exact | F1 by targets "
             "0 / 1-3 / 4-7 / 8-10 | shuffled images F1 | F1 along the curve (minutes) |",
             "|---|---|---|---|---|---|---|---|---|"]
-    for name, (lever, _) in CONFIGS.items():
-        if name not in results:
-            continue
-        r = results[name]
+    for key, r in sorted(results.items(), key=lambda kv: (list(CONFIGS).index(kv[1]["name"]), kv[1]["train_minutes"])):
+        lever = CONFIGS[r["name"]][0] if key == r["name"] else f"{r['name']}, {r['train_minutes']:.0f} minutes"
         by = " / ".join(f"{r['final']['by_count'][b]['f1']:.2f}" for b in buckets)
         curve = ", ".join(f"{c['pointing_f1']:.2f} ({c['minutes']:.0f})" for c in r["curve"])
-        rows.append(f"| {name} | {lever} | {r['train_minutes']:.1f} | {r['steps']} | "
+        rows.append(f"| {key} | {lever} | {r['train_minutes']:.1f} | {r['steps']} | "
                     f"{r['final']['pointing_f1']:.2f} | {r['final']['counting_exact']:.2f} | {by} | "
                     f"{r['shuffled']['pointing_f1']:.2f} | {curve} |")
     return "\n".join(rows)
