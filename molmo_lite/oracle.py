@@ -111,7 +111,8 @@ class OracleConfig:
     words). mimetic: W_q W_k^T starts as a positive multiple of a projection (Trockman & Kolter 2023, "Mimetic
     initialization of self-attention layers"), so that a token attends to similar tokens from the first step.
     question_first: " User: Q" before the image tokens and " Assistant:" after
-    (Molmo puts the image first). max_count, max_distractors: the world trained and evaluated on (chapter 07's
+    (Molmo puts the image first). annotations: which of a scene's three (pointing, counting, pointing at another
+    class, which mostly has no answer but "There are none.") training draws from. max_count, max_distractors: the world trained and evaluated on (chapter 07's
     held-out scenes: 10 and 6; a smaller one for a quick test). curriculum: "none" (that world throughout) or
     "targets" (one object alone first, then one target among others, then a few: ``CURRICULA``).
     """
@@ -138,6 +139,7 @@ class OracleConfig:
     features: str = "cells"  # or "words": colour and shape as the LLM's own embeddings of the question's words
     mimetic: float = 0.0  # > 0: each layer's keys start as copies of its queries, weights N(0, mimetic)
     match_bit: bool = False  # the ceiling: each cell also says whether it holds what the question asks for
+    annotations: tuple[int, ...] = (0, 1, 2)  # which of a scene's annotations training draws from (one at random)
     seed: int = 0
 
     def __post_init__(self):
@@ -149,9 +151,6 @@ class OracleConfig:
     def llm_config(self) -> LLMConfig:
         return replace(LLM_PRESETS["tiny"], hidden=self.hidden, layers=self.layers, heads=self.heads,
                        kv_heads=self.kv_heads, intermediate=self.intermediate)
-
-
-CURRICULA = ("none", "targets")
 
 
 # curriculum -> phases (until this share of the budget, max targets, max others), then the config's world
@@ -213,7 +212,7 @@ class OracleModel(nn.Module):
         else:
             image = self.proj(features.to(x.dtype))
         index = patch_positions[..., None].expand(-1, -1, x.shape[-1])
-        return x.scatter_add(1, index, image)
+        return x.scatter_add(1, index, image.to(x.dtype))  # under bf16 autocast the projector's output is bf16
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         embeds = self.embed(batch["input_ids"], batch["features"], batch["patch_positions"])
@@ -289,13 +288,14 @@ def build_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], which: S
     return batch
 
 
-def packed_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], grid: int, rng: np.random.Generator
-                 ) -> dict[str, torch.Tensor]:
-    """Molmo's multi-annotation packing (``prompts.pack``): one row per scene, its image tokens once, then its three
-    annotations, each seeing the image and itself only, answer tokens weighted sqrt(1/3). -> input_ids,
+def packed_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], grid: int, rng: np.random.Generator,
+                 annotations: Sequence[int] = (0, 1, 2)) -> dict[str, torch.Tensor]:
+    """Molmo's multi-annotation packing (``prompts.pack``): one row per scene, its image tokens once, then its
+    ``annotations``, each seeing the image and itself only, answer tokens weighted sqrt(1/N). -> input_ids,
     attention_mask (the block mask [B, T, T]), position_ids, targets (already shifted: the token at t + 1),
     loss_weights, features, patch_positions."""
-    rows = [pack(tokenizer, [format_messages(m, rng) for m in ex.messages], image_tokens(grid)) for ex in examples]
+    rows = [pack(tokenizer, [format_messages(ex.messages[k], rng) for k in annotations], image_tokens(grid))
+            for ex in examples]
     length = max(map(len, rows))
 
     def padded(field: str, fill: float, dtype=torch.long) -> torch.Tensor:
@@ -364,15 +364,16 @@ def shuffled_scenes(examples: Sequence[Example]) -> list[Example]:
 
 def evaluate_oracle(model: OracleModel, tokenizer: MolmoTokenizer, examples: Sequence[Example],
                     shuffled: bool = False) -> dict:
-    """Pointing F1 (annotation 0), counting exact (annotation 1), F1 and counting by number of targets
-    (COUNT_BUCKETS) with the mean number of points written against the truth, F1 by the kind of query (colour,
-    shape, both). shuffled: every example reads the
-    next one's image tokens (a control: the scores then fall to what the question alone gives)."""
+    """Pointing F1 with its precision and recall (annotation 0), counting exact (annotation 1), F1 and counting by
+    number of targets (COUNT_BUCKETS) with the mean number of points written against the truth, F1 by the kind of
+    query (colour, shape, both). shuffled: every example reads the next one's image tokens (a control: the scores
+    then fall to what the question alone gives)."""
     asked = shuffled_scenes(examples) if shuffled else list(examples)
     pointed, counted = answers(model, tokenizer, asked, 0), answers(model, tokenizer, asked, 1)
     point_scores = [pointing_metrics(a, ex.meta["points"]) for a, ex in zip(pointed, examples)]
     count_scores = [counting_metrics(a, ex.meta["count"]) for a, ex in zip(counted, examples)]
-    report = {"pointing_f1": average_pointing_metrics(point_scores).f1,
+    mean = average_pointing_metrics(point_scores)
+    report = {"pointing_f1": mean.f1, "pointing_precision": mean.precision, "pointing_recall": mean.recall,
               "counting_exact": average_counting_metrics(count_scores).correct, "by_count": {}, "by_query": {}}
     for low, high in COUNT_BUCKETS:
         idx = [i for i, ex in enumerate(examples) if low <= ex.meta["count"] <= high]
@@ -411,8 +412,9 @@ def build_optimizer(model: OracleModel, config: OracleConfig) -> list[torch.opti
                                   weight_decay=config.weight_decay)]
     if config.optimizer != "muon":
         raise ValueError(f"optimizer must be 'adamw' or 'muon', got {config.optimizer!r}")
-    hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith("llm.embed")]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim == 2 and not n.startswith("llm.embed"))]
+    hidden, rest = [], []
+    for name, p in model.named_parameters():
+        (hidden if p.ndim == 2 and not name.startswith("llm.embed") else rest).append(p)
     return [torch.optim.Muon(hidden, lr=config.lr, weight_decay=config.weight_decay, adjust_lr_fn="match_rms_adamw"),
             torch.optim.AdamW(rest, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)]
 
@@ -444,9 +446,9 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
         world = training_world(config, progress)
         examples = [pointing_example(rng, render=False, **world) for _ in range(config.batch_size)]
         if config.pack_annotations:
-            batch = packed_batch(tokenizer, examples, config.grid, rng)
+            batch = packed_batch(tokenizer, examples, config.grid, rng, config.annotations)
         else:
-            which = rng.integers(0, 3, size=len(examples)).tolist()
+            which = [int(k) for k in rng.choice(config.annotations, size=len(examples))]
             batch = build_batch(tokenizer, examples, which, config.grid, config.question_first, rng=rng,
                                 match_bit=config.match_bit)
         for opt in optimizers:
