@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import IMAGE_TOKENS, LLM_PRESETS, LLMConfig
-from .data.examples import Example, split_seed
+from .data.examples import Example, examples_of, split_seed
 from .data.synthetic import COLOURS, SHAPES, SceneObject, pointing_example
 from .llm import LLM, load_llm
 from .model import answer_loss
@@ -175,9 +175,8 @@ def training_world(config: OracleConfig, progress: float) -> dict[str, int]:
 def heldout_scenes(n: int, seed: int = 0, max_count: int = 10, max_distractors: int = 6) -> list[Example]:
     """Held-out pointing scenes without their pixels; with the defaults, chapter 07's (those of
     ``evaluate.heldout_sets``: 0-10 of the class asked among 0-6 others)."""
-    rng = np.random.default_rng(split_seed(seed, "heldout"))
-    return [pointing_example(rng, max_count=max_count, max_distractors=max_distractors, render=False)
-            for _ in range(n)]
+    return examples_of(lambda rng: pointing_example(rng, max_count=max_count, max_distractors=max_distractors,
+                                                    render=False), n, seed, "heldout")
 
 
 class OracleModel(nn.Module):
@@ -265,7 +264,7 @@ def build_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], which: S
             before, after = tokenizer.encode(user), tokenizer.encode(" Assistant:" + assistant)
         else:
             before, after = [], tokenizer.encode(prompt)
-        ids = [tokenizer.eos_id] + before + layout + after  # EOS as BOS, as Molmo
+        ids = [tokenizer.bos_id] + before + layout + after  # EOS as BOS for the tiny BPE, as Molmo
         answer_ids = tokenizer.encode(" " + answer) + [tokenizer.eos_id] if with_answer else []
         positions.append([i for i, t in enumerate(ids) if t == patch])
         targets.append([IGNORE_INDEX] * len(ids) + answer_ids)
