@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import IMAGE_TOKENS, LLM_PRESETS, LLMConfig
+from .data.collate import collate
 from .data.examples import Example, examples_of, split_seed
 from .data.synthetic import COLOURS, SHAPES, SceneObject, pointing_example
 from .llm import LLM, load_llm
@@ -112,9 +113,10 @@ class OracleConfig:
     initialization of self-attention layers"), so that a token attends to similar tokens from the first step.
     question_first: " User: Q" before the image tokens and " Assistant:" after
     (Molmo puts the image first). annotations: which of a scene's three (pointing, counting, pointing at another
-    class, which mostly has no answer but "There are none.") training draws from. max_count, max_distractors: the world trained and evaluated on (chapter 07's
-    held-out scenes: 10 and 6; a smaller one for a quick test). curriculum: "none" (that world throughout) or
-    "targets" (one object alone first, then one target among others, then a few: ``CURRICULA``).
+    class, which mostly has no answer but "There are none.") training draws from. max_count, max_distractors: the
+    world trained and evaluated on (chapter 07's held-out scenes: 10 and 6; a smaller one for a quick test).
+    curriculum: "none" (that world throughout) or "targets" (one object alone first, then one target among others,
+    then a few: ``CURRICULA``).
     """
 
     hidden: int = 128
@@ -295,24 +297,14 @@ def packed_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], grid: i
     loss_weights, features, patch_positions."""
     rows = [pack(tokenizer, [format_messages(ex.messages[k], rng) for k in annotations], image_tokens(grid))
             for ex in examples]
-    length = max(map(len, rows))
-
-    def padded(field: str, fill: float, dtype=torch.long) -> torch.Tensor:
-        out = torch.full((len(rows), length), fill, dtype=dtype)
-        for b, row in enumerate(rows):
-            out[b, :len(row)] = getattr(row, field)
-        return out
-
-    ids = padded("input_ids", tokenizer.pad_id)
-    real = torch.zeros(len(rows), length, dtype=torch.long)
-    for b, row in enumerate(rows):
-        real[b, :len(row)] = 1
+    batch = collate([(row, None) for row in rows], tokenizer.pad_id)
     patch = tokenizer.token_to_id(IMAGE_TOKENS[2])
-    return {"input_ids": ids, "attention_mask": subsegment_mask(padded("subsegment_ids", -1), real),
-            "position_ids": padded("position_ids", 0), "targets": padded("target_ids", IGNORE_INDEX),
-            "loss_weights": padded("loss_weights", 0.0, torch.float32),
+    return {"input_ids": batch["input_ids"],
+            "attention_mask": subsegment_mask(batch["subsegment_ids"], batch["attention_mask"]),
+            "position_ids": batch["position_ids"], "targets": batch["target_ids"],
+            "loss_weights": batch["loss_weights"],
             "features": torch.from_numpy(np.stack([cell_features(ex.meta["objects"], grid) for ex in examples])),
-            "patch_positions": torch.stack([torch.nonzero(row == patch)[:, 0] for row in ids])}
+            "patch_positions": torch.stack([torch.nonzero(row == patch)[:, 0] for row in batch["input_ids"]])}
 
 
 def loss_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -423,7 +415,8 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
     """Train the LLM on oracle image tokens for ``minutes`` of training time (evaluation not counted) or a number of
     ``steps``, evaluating ``evals`` times on ``heldout`` scenes; -> a JSON-able record: the config, the curve
     (minutes, step, pointing F1, counting exact, by count; on the first 100 held-out scenes), the final evaluation
-    on all of them, its shuffled-image control (the first 100), steps/s and answer tokens/s, and the model under "model" (removed before writing JSON)."""
+    on all of them, its shuffled-image control (the first 100), steps/s and answer tokens/s, and the model under
+    "model" (removed before writing JSON)."""
     if (minutes is None) == (steps is None):
         raise ValueError("give minutes or steps, not both")
     if threads:
@@ -488,6 +481,7 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
     shuffled = evaluate_oracle(model, tokenizer, during, shuffled=True)
     return {"config": asdict(config), "train_minutes": round(trained / 60, 3), "steps": step,
             "steps_per_s": round(step / trained, 3), "answer_tokens_per_s": round(tokens / trained, 1),
-            "wall_minutes": round((time.perf_counter() - start) / 60, 2), "heldout": len(held), "curve": curve, "losses": losses,
+            "wall_minutes": round((time.perf_counter() - start) / 60, 2), "heldout": len(held), "curve": curve,
+            "losses": losses,
             "final": final, "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")},
             "model": model}
