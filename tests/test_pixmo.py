@@ -22,6 +22,7 @@ from molmo_lite.prompts import Message
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data_samples" / "pixmo"
 SLOW_SECONDS = 1.0  # how long /slow/ waits before answering; the tests' timeout is far shorter
+MAPPED = ("slow", "busy-once", "wait-once", "flaky", "stall", "no-length")  # /kind/rest serves the file at rest
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -63,15 +64,36 @@ class _Server:
             return self.status(h, 404)
         if kind == "busy" or (kind == "busy-once" and n == 1):  # a throttling host asking to come back in 28 hours
             return self.status(h, 429 if kind == "busy" else 503, {"Retry-After": "100000"})
+        if kind == "wait-once" and n == 1:  # a host asking to come back in a second
+            return self.status(h, 503, {"Retry-After": "1"})
+        if kind == "garbled":  # a Retry-After that is neither seconds nor a date
+            return self.status(h, 503, {"Retry-After": "soon"})
+        if kind == "flaky" and n <= 2:  # two server errors without a Retry-After, then the image
+            return self.status(h, 500)
+        if kind == "trickle":  # 2 MiB at 64 KiB every 0.1 s: every read is quick, the whole file is not
+            h.send_response(200)
+            h.send_header("Content-Length", str(32 << 16))
+            h.end_headers()
+            for _ in range(32):
+                h.wfile.write(bytes(1 << 16))
+                time.sleep(0.1)
+            return None
         if kind == "slow":
             time.sleep(SLOW_SECONDS)
-        file = (self.root / (rest if kind in ("slow", "busy-once") else path.lstrip("/"))).resolve()
+        file = (self.root / (rest if kind in MAPPED else path.lstrip("/"))).resolve()
         if not file.is_file() or self.root not in file.parents:
             return self.status(h, 404)
         body = file.read_bytes()
         h.send_response(200)
-        h.send_header("Content-Length", str(len(body)))
+        h.send_header("Set-Cookie", f"visit={n}; Path=/")  # as CDNs do; the fetcher's session keeps none
+        if kind != "no-length":  # without a Content-Length the body ends when the connection closes (HTTP/1.0)
+            h.send_header("Content-Length", str(len(body)))
         h.end_headers()
+        if kind == "stall":  # half the body, then silence far past the timeout
+            h.wfile.write(body[:len(body) // 2])
+            h.wfile.flush()
+            time.sleep(SLOW_SECONDS)
+            body = body[len(body) // 2:]
         h.wfile.write(body)
 
     @staticmethod
@@ -368,6 +390,7 @@ def test_download_report_counts_dead_links_wrong_sha_timeouts_and_throttling(ser
     assert data[0].n_annotations == 2 and data.skipped == {"image not downloaded": 4}
     assert server.requests("busy/scene_0.png") == 2 and server.requests("busy-once/images/scene_0.png") == 2
     assert server.requests("dead/scene_0.png") == 1  # a 404 is final: no retry
+    assert len(fetcher.session.cookies) == 0  # nothing for the worker threads to write to the shared session
     assert "6 image URLs: 2 ok (0 from the cache), 2 dead, 1 with a wrong sha256, 1 timed out" in data.summary()
 
 
@@ -389,13 +412,48 @@ def test_fetch_refuses_non_images_and_other_schemes(server, fetcher):
     assert (result.status, result.reason) == ("dead", "not an image")
     assert fetcher.fetch("ftp://example.com/a.png").status == "dead"
     assert fetcher.fetch("http://127.0.0.1:1/nothing-listens-here.png").status == "dead"
+    patient = ImageFetcher(cache_dir=fetcher.cache_dir, retries=3, backoff=1000.0, max_wait=5.0)
+    start = time.monotonic()
+    refused = patient.fetch("http://127.0.0.1:1/nothing-listens-here.png")
+    assert refused.status == "dead" and "NewConnectionError" in refused.reason
+    assert time.monotonic() - start < 2  # a refused connection is final: no retry, no 5 s waits
 
 
-def test_retry_after_header_reads_seconds_and_dates():
-    assert pixmo.retry_after_seconds("120") == 120.0
-    assert pixmo.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
-    assert pixmo.retry_after_seconds("Fri, 01 Jan 2100 00:00:00 GMT") > 1e9  # the caller caps it at max_wait
-    assert pixmo.retry_after_seconds("soon") is None and pixmo.retry_after_seconds(None) is None
+def test_server_errors_are_retried_with_capped_backoff_and_a_short_retry_after_is_obeyed(server, tmp_path):
+    # Two 500s without Retry-After: urllib3 backs off 0 s, then 1000 * 2 s capped at max_wait (0.2 s).
+    fetcher = ImageFetcher(cache_dir=tmp_path / "a", timeout=0.3, retries=2, backoff=1000.0, max_wait=0.2)
+    start = time.monotonic()
+    assert fetcher.fetch(server.url + "flaky/images/scene_0.png").status == "ok"
+    assert time.monotonic() - start < 5 and server.requests("flaky/images/scene_0.png") == 3
+    # A 503 with Retry-After: 1 (under max_wait) is waited out, then the image comes.
+    fetcher = ImageFetcher(cache_dir=tmp_path / "b", timeout=0.3, retries=1, backoff=0.0, max_wait=5.0)
+    start = time.monotonic()
+    assert fetcher.fetch(server.url + "wait-once/images/scene_0.png").status == "ok"
+    assert time.monotonic() - start >= 0.9 and server.requests("wait-once/images/scene_0.png") == 2
+    # An unreadable Retry-After: urllib3 gives up on the URL, which is counted dead; the load goes on.
+    garbled = fetcher.fetch(server.url + "garbled/images/scene_0.png")
+    assert garbled.status == "dead" and "Retry-After" in garbled.reason
+
+
+def test_a_body_that_stalls_or_outlasts_the_deadline_is_a_timeout(server, fetcher):
+    stalled = fetcher.fetch(server.url + "stall/images/scene_0.png")  # a read in the middle of the body times out
+    assert (stalled.status, stalled.reason) == ("timeout", "no answer within 0.3 s")
+    start = time.monotonic()
+    trickled = fetcher.fetch(server.url + "trickle/x.png")  # deadline_factor 3 * timeout 0.3 s for the whole file
+    assert (trickled.status, trickled.reason) == ("timeout", "took longer than 0.9 s")
+    assert time.monotonic() - start < 2.5  # the server would take 3.2 s
+    assert not fetcher.cache_dir.exists()  # failures are not cached
+
+
+def test_files_over_max_bytes_are_refused(server, tmp_path):
+    small = ImageFetcher(cache_dir=tmp_path, timeout=0.3, max_bytes=100)
+    urls = [server.url + "images/scene_0.png",  # refused by its Content-Length
+            server.url + "no-length/images/scene_0.png",  # no Content-Length: refused while it streams in
+            (SAMPLES / "images/scene_0.png").as_uri()]  # a file:// URL, read from disk
+    for url in urls:
+        result = small.fetch(url)
+        assert (result.status, result.reason) == ("dead", "larger than 100 bytes"), url
+    assert not any(tmp_path.iterdir())
 
 
 def test_file_urls_and_folders_load_the_samples_offline_without_a_server(tmp_path):

@@ -38,9 +38,10 @@ Decisions:
   cannot write them (``meta`` keeps the label as it was).
 * Prompts are fixed ("Point to the {label}", "How many {label} are there?", "What time is being shown?"); Molmo draws
   them from templates when it formats a batch, which belongs to training, not to loading.
-* Images at URLs are downloaded with the standard library only (``ImageFetcher``): a timeout on every connection and
-  read plus a deadline for the whole file, a bounded number of retries for 429 / 5xx / timeouts, and waits (backoff or
-  a ``Retry-After`` header) capped at ``max_wait`` seconds, so that a far-future Retry-After cannot stall a download.
+* Images at URLs are downloaded with ``requests`` (``ImageFetcher``), whose urllib3 ``Retry`` does a bounded number
+  of retries for 429 / 5xx / read timeouts, and waits (backoff or a ``Retry-After`` header) capped at ``max_wait``
+  seconds, so that a far-future Retry-After cannot stall a download; a timeout on every connection and read, plus a
+  deadline for the whole file and a size limit, checked while the body streams in.
   A file is checked against ``image_sha256`` when the dataset has one, else opened with PIL, then cached on disk
   (``DEFAULT_CACHE_DIR``; the file name is the sha256 of the URL, as Molmo's), so a second load makes no request.
   Dead links (about 22% of pixmo-cap's URLs, molmo issue #37), HTTP errors, timeouts and files with a wrong sha256 are
@@ -61,13 +62,12 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
+import http.cookiejar
 import io
 import os
 import re
-import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
@@ -75,11 +75,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
 
 from ..config import CHECKPOINT_DIR
 from ..pointing import as_xy, count_to_text, points_to_text
@@ -245,25 +248,6 @@ class _Failed(Exception):
         self.status, self.reason = status, reason
 
 
-def _is_timeout(err: BaseException) -> bool:
-    reason = getattr(err, "reason", err)
-    return isinstance(err, (TimeoutError, socket.timeout)) or isinstance(reason, (TimeoutError, socket.timeout))
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header (seconds, or an HTTP date) -> seconds from now, None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -281,12 +265,22 @@ def is_image(data: bytes) -> bool:
 
 @dataclass
 class ImageFetcher:
-    """Downloads image URLs into ``cache_dir`` (standard library only).
+    """Downloads image URLs into ``cache_dir`` through ``requests``.
 
-    timeout: seconds for connecting and for every read; a whole file must arrive within ``deadline_factor * timeout``.
-    retries: further tries after a 429 / 5xx status or a timeout (other errors are final). Between tries it waits the
-    Retry-After header or ``backoff * 2**try`` seconds, never more than ``max_wait``. workers: parallel downloads
-    (at most ``MAX_WORKERS``). max_bytes: larger files are refused.
+    What the library does (one ``requests.Session`` whose ``HTTPAdapter`` has a ``urllib3.util.Retry``): up to
+    ``retries`` further tries after a 429 / 5xx status (``RETRY_STATUSES``) or a read that times out before the
+    response headers (a refused connection, an unknown host or a connect timeout is final). Between tries it waits the
+    ``Retry-After`` header (on 429 and 503; seconds or an HTTP date), else urllib3's backoff (none before the first
+    retry, then ``backoff * 2``, ``backoff * 4`` ... seconds), either capped at ``max_wait`` seconds
+    (``retry_after_max``, ``backoff_max``), so that a far-future Retry-After cannot stall a download. ``timeout``:
+    seconds for connecting and for every read (``timeout=(connect, read)``). A status still failing after the retries
+    is counted as that HTTP status (``raise_on_status=False``); other HTTP errors are final.
+
+    What the class still does itself: the URL-scheme check (``URL_SCHEMES``; ``file://`` URLs are read from disk, which
+    requests does not do), the body streamed in chunks against ``max_bytes`` (larger files are refused) and a deadline
+    of ``deadline_factor * timeout`` for the whole file (a stall or the deadline in the middle of the body is final, not
+    retried), the sha256 / PIL check, the atomic disk cache, the classification of failures into FetchResult statuses,
+    and ``workers`` parallel downloads (at most ``MAX_WORKERS``). The settings are read when the fetcher is made.
     """
 
     cache_dir: Path = DEFAULT_CACHE_DIR
@@ -298,11 +292,28 @@ class ImageFetcher:
     deadline_factor: float = 3.0
     max_bytes: int = 50 * 2**20
     user_agent: str = "molmo_lite/0.1 (Molmo course; PixMo image download)"
+    session: requests.Session = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir)
         if self.timeout <= 0 or self.retries < 0 or self.max_wait < 0 or self.workers < 1:
             raise ValueError("need timeout > 0, retries >= 0, max_wait >= 0 and workers >= 1")
+        # connect=0: a refused connection, an unknown host or a connect timeout is final (a dead link costs no waits);
+        # reads that time out before the headers and RETRY_STATUSES are retried, up to ``retries`` in all.
+        retry = Retry(total=self.retries, connect=0, allowed_methods={"GET"}, status_forcelist=RETRY_STATUSES,
+                      backoff_factor=self.backoff, backoff_max=self.max_wait, respect_retry_after_header=True,
+                      retry_after_max=self.max_wait, raise_on_status=False)
+        # One Session shared by the worker threads rather than one per thread: its adapter's urllib3 pool is
+        # thread-safe and keeps up to MAX_WORKERS connections, reused by the next load; headers, adapters and the retry
+        # policy are only read. What requests writes on every response is the session's cookie jar, which another
+        # thread may be iterating at that moment (psf/requests#2766): a policy that accepts no cookie keeps it empty
+        # (image downloads need none; a redirect still carries its cookies in the request's own jar).
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = self.user_agent
+        self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=MAX_WORKERS, pool_maxsize=MAX_WORKERS)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def cache_path(self, url: str) -> Path:
         """Where a URL's image is cached: the sha256 of the URL, as Molmo names its files."""
@@ -352,44 +363,54 @@ class ImageFetcher:
         return None if is_image(data) else ("dead", "not an image")
 
     def _download(self, url: str) -> bytes:
-        """The bytes at url, with bounded retries; raises _Failed("dead" | "timeout", reason)."""
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        """The bytes at url (retried by the session's adapter); raises _Failed("dead" | "timeout", reason)."""
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
         if scheme not in URL_SCHEMES:
             raise _Failed("dead", f"unsupported URL scheme {scheme!r} (need one of {URL_SCHEMES})")
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                return self._get(url)
-            except urllib.error.HTTPError as err:
-                err.close()
-                if err.code not in RETRY_STATUSES or last:
-                    raise _Failed("dead", f"HTTP {err.code}") from None
-                wait = retry_after_seconds(err.headers.get("Retry-After"))
-            except _Failed:
-                raise
-            except Exception as err:  # noqa: BLE001  (URLError, connection reset, ...: classify, never crash)
-                if not _is_timeout(err):
-                    raise _Failed("dead", f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
-                if last:
-                    raise _Failed("timeout", f"no answer within {self.timeout:g} s") from None
-                wait = None
-            time.sleep(min(self.max_wait, self.backoff * 2**attempt if wait is None else wait))
-        raise AssertionError("unreachable")
-
-    def _get(self, url: str) -> bytes:
-        """One request: the body, read in chunks against the whole-file deadline and the size limit."""
-        request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
-        deadline = time.monotonic() + self.deadline_factor * self.timeout
-        chunks, size = [], 0
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            while chunk := response.read(1 << 16):
-                size += len(chunk)
-                if size > self.max_bytes:
+        if scheme == "file":
+            return self._read_file(parts)
+        try:
+            with self.session.get(url, timeout=(self.timeout, self.timeout), stream=True) as response:
+                if response.status_code >= 400:
+                    raise _Failed("dead", f"HTTP {response.status_code}")
+                length = response.headers.get("Content-Length", "")
+                if length.isdigit() and int(length) > self.max_bytes:
                     raise _Failed("dead", f"larger than {self.max_bytes} bytes")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"took longer than {self.deadline_factor * self.timeout:g} s")
-                chunks.append(chunk)
-        return b"".join(chunks)
+                deadline = time.monotonic() + self.deadline_factor * self.timeout
+                chunks, size = [], 0
+                for chunk in response.iter_content(1 << 16):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise _Failed("dead", f"larger than {self.max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise _Failed("timeout", f"took longer than {self.deadline_factor * self.timeout:g} s")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as err:  # a few urllib3 errors get through
+            # requests raises ConnectionError, not Timeout, for a read timeout once urllib3 has retried it (the cause
+            # is in MaxRetryError.reason) or in the middle of the body; a refused connection (NewConnectionError) is
+            # a ConnectTimeoutError subclass to urllib3, but dead to us.
+            cause = err.args[0] if err.args and isinstance(err.args[0], Exception) else err
+            cause = getattr(cause, "reason", None) or cause
+            timed_out = isinstance(err, requests.Timeout) or (
+                isinstance(cause, urllib3.exceptions.TimeoutError)
+                and not isinstance(cause, urllib3.exceptions.NewConnectionError))
+            if timed_out:
+                raise _Failed("timeout", f"no answer within {self.timeout:g} s") from None
+            raise _Failed("dead", f"{type(cause).__name__}: {cause}") from None
+
+    def _read_file(self, parts: urllib.parse.SplitResult) -> bytes:
+        """A file:// URL's bytes, read from disk (requests has no file:// adapter), with the size limit."""
+        if parts.netloc not in ("", "localhost"):
+            raise _Failed("dead", f"file URL on another host: {parts.netloc}")
+        path = Path(urllib.request.url2pathname(parts.path))
+        try:
+            if path.stat().st_size > self.max_bytes:
+                raise _Failed("dead", f"larger than {self.max_bytes} bytes")
+            return path.read_bytes()
+        except OSError as err:
+            raise _Failed("dead", f"{type(err).__name__}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
