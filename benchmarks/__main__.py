@@ -1,8 +1,9 @@
 """Every benchmark of the course in one command: ``python -m benchmarks`` (``make bench``).
 
 Runs preprocess, decode, data, train, quantize and distributed one after the other (each in its own process, each
-measuring its candidates side by side and rewriting its own README table), then gathers one headline ratio per
-figure into benchmarks/results.json and the summary table between the <!-- summary-benchmark --> markers of README.md.
+measuring its candidates side by side and rewriting its own table in docs/benchmarks.md), then gathers one headline
+ratio per figure into benchmarks/results.json and the summary table between the <!-- summary-benchmark --> markers of
+docs/benchmarks.md.
 
     python -m benchmarks [--only decode train ...] [--summary-only]
 

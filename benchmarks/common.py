@@ -1,4 +1,5 @@
-"""What every benchmark shares: the machine it ran on, and writing its JSON and its README table."""
+"""What every benchmark shares: the machine it ran on, and writing its JSON and its table into the page that quotes it
+(``PAGES``: the syllabus in README.md, every measured table in docs/benchmarks.md, the oracle's in docs/recipes.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,23 @@ from pathlib import Path
 
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BENCHMARKS_PAGE = ROOT / "docs" / "benchmarks.md"
+RECIPES_PAGE = ROOT / "docs" / "recipes.md"
+
+# benchmark name -> the page that holds its table, between its <!-- NAME-benchmark --> markers
+PAGES: dict[str, Path] = {
+    "notebooks": README,  # the syllabus
+    **dict.fromkeys(("course_run", "recipes", "preprocess", "decode", "train", "data", "quantize", "load",
+                     "distributed", "summary"), BENCHMARKS_PAGE),
+    "oracle": RECIPES_PAGE,
+}
+
+
+def page(name: str) -> Path:
+    """The page that holds benchmark ``name``'s table (``PAGES``; README.md for a name it does not list)."""
+    return PAGES.get(name, README)
 
 
 def machine_info() -> dict:
@@ -24,27 +41,28 @@ def machine_info() -> dict:
 
 
 def markers(name: str) -> tuple[str, str]:
-    """The HTML comments around a benchmark's table in README.md."""
+    """The HTML comments around a benchmark's table in its page."""
     return f"<!-- {name}-benchmark -->", f"<!-- /{name}-benchmark -->"
 
 
-def readme_block(name: str, readme: Path = README) -> str:
-    """The table the README (or another page: ``readme``) quotes for benchmark ``name``."""
+def readme_block(name: str, readme: Path | None = None) -> str:
+    """The table between benchmark ``name``'s markers in the page that holds it (``page(name)``), or in ``readme``."""
     start, end = markers(name)
-    return readme.read_text().split(start, 1)[1].split(end, 1)[0].strip()
+    return (readme or page(name)).read_text().split(start, 1)[1].split(end, 1)[0].strip()
 
 
-def publish(name: str, result: dict, table: str, out: Path, update_readme: bool = True) -> None:
-    """Write ``result`` as JSON to ``out`` and, unless told not to, replace the README's table with ``table``."""
+def publish(name: str, result: dict, table: str, out: Path, update_page: bool = True) -> None:
+    """Write ``result`` as JSON to ``out`` and, unless told not to, replace the table in its page with ``table``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("wrote", out)
-    if update_readme:
+    if update_page:
         replace_block(name, table)
 
 
-def replace_block(name: str, table: str, path: Path = README) -> None:
-    """Replace the text between benchmark ``name``'s markers in ``path`` (README.md, or a page of docs/)."""
+def replace_block(name: str, table: str, path: Path | None = None) -> None:
+    """Replace the text between benchmark ``name``'s markers in ``path`` (default: ``page(name)``)."""
+    path = path or page(name)
     start, end = markers(name)
     text = path.read_text()
     head, rest = text.split(start, 1)

@@ -1,14 +1,14 @@
 """The course's main job, measured: `python -m molmo_lite run` (what `make run` does), its wall time per part and its
-held-out metrics, written as JSON and as the README's table.
+held-out metrics, written as JSON and as a table of docs/benchmarks.md.
 
-    python -m benchmarks.course_run [--out runs/tiny] [--fresh] [--from-report runs/tiny/report.json] [--no-readme]
+    python -m benchmarks.course_run [--out runs/tiny] [--fresh] [--from-report runs/tiny/report.json] [--no-table]
 
 --fresh points $MOLMO_LITE_CHECKPOINTS at an empty folder, so the tiny encoder and LM of chapters 02/04 are trained
 too, as on a fresh clone; --from-report publishes a report that a run already wrote (it holds its timings; add --fresh
 when that run started from an empty checkpoint folder, which is then only recorded).
 The installation of the environment is not part of the time (measure `make install` separately).
-Writes benchmarks/results/course_run.json and the table between the <!-- course_run-benchmark --> markers of README.md
-(tests/test_readme.py checks they agree).
+Writes benchmarks/results/course_run.json and the table between the <!-- course_run-benchmark --> markers of
+docs/benchmarks.md (tests/test_readme.py checks they agree; the README quotes its headline).
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="empty checkpoint folder: pre-train the parts too")
     parser.add_argument("--from-report", type=Path, default=None, help="publish an existing report.json")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "course_run.json")
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-table", "--no-readme", dest="no_readme", action="store_true",
+                        help="do not rewrite its table in docs/benchmarks.md")
     args = parser.parse_args()
 
     report_path = args.from_report
@@ -84,7 +85,7 @@ def main() -> None:
               "seconds": report["seconds"], "process_wall_seconds": wall, "configs": report["configs"],
               "fresh_checkpoints": bool(args.fresh) or None, "machine": machine_info()}
     print(readme_table(result))
-    publish("course_run", result, readme_table(result), args.json, update_readme=not args.no_readme)
+    publish("course_run", result, readme_table(result), args.json, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@
    AdamW; batch 8) packed (one sequence per image) and unpacked (one sequence per annotation, the image repeated).
    The ViT's input is counted with a forward hook, so "images encoded" is what the model really ran.
 
-    python -m benchmarks.data [--n 200] [--rounds 3] [--images 64] [--out PATH] [--no-readme]
+    python -m benchmarks.data [--n 200] [--rounds 3] [--images 64] [--out PATH] [--no-table]
 
 Writes JSON (default benchmarks/results/data.json) and the table between the <!-- data-benchmark --> markers of
-README.md (tests/test_readme.py checks they agree).
+docs/benchmarks.md (tests/test_readme.py checks they agree).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "data.json")
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-table", "--no-readme", dest="no_readme", action="store_true",
+                        help="do not rewrite its table in docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(1)  # "per core": one process, one thread
 
@@ -127,7 +128,7 @@ def main() -> None:
         "machine": {**machine_info(), "torch_threads": 1},
     }
     print(readme_table(result))
-    publish("data", result, readme_table(result), args.out, update_readme=not args.no_readme)
+    publish("data", result, readme_table(result), args.out, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ Qwen2ForCausalLM built from an equal Qwen2Config (its default SDPA attention), a
 state; each one's time is the best of --rounds tries of the whole generate call, torch's default thread count.
 Tokens/s = batch * new tokens / seconds. Writes JSON (default benchmarks/results/decode.json).
 
-    python -m benchmarks.decode [--rounds 5] [--new-tokens 64] [--out PATH] [--no-readme]
+    python -m benchmarks.decode [--rounds 5] [--new-tokens 64] [--out PATH] [--no-table]
 
-It also rewrites the table between the <!-- decode-benchmark --> markers of README.md from the JSON, so the README
-never quotes a figure the script did not produce (tests/test_readme.py checks they agree).
+It also rewrites the table between the <!-- decode-benchmark --> markers of docs/benchmarks.md from the JSON, so the
+docs never quote a figure the script did not produce (tests/test_readme.py checks they agree).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def candidates(ours: LLM, reference, new_tokens: int) -> dict:
 
 
 def readme_table(result: dict) -> str:
-    """The README's markdown table for a benchmark result."""
+    """The markdown table of docs/benchmarks.md for a benchmark result."""
     lines = [f"| batch | {CACHED} (tokens/s) | {UNCACHED} (tokens/s) | {HF} (tokens/s) | cached / uncached "
              "| cached / transformers |", "|---|---|---|---|---|---|"]
     for batch, per_second in result["tokens_per_second"].items():
@@ -101,7 +101,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decode.json")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
+    parser.add_argument("--no-table", "--no-readme", dest="no_readme", action="store_true",
+                        help="do not rewrite its table in docs/benchmarks.md")
     args = parser.parse_args()
 
     reference = reference_model()
@@ -138,7 +139,7 @@ def main() -> None:
             print(f"batch {batch}  {name:<24} {value:9.1f} tokens/s")
         print(f"batch {batch}  cached / uncached: {result['ratio_cached_vs_uncached'][batch]:.2f}x   "
               f"cached / transformers: {result['ratio_cached_vs_transformers'][batch]:.2f}x")
-    publish("decode", result, readme_table(result), args.out, update_readme=not args.no_readme)
+    publish("decode", result, readme_table(result), args.out, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ All three runs start from the same saved model (the tiny Molmo with its pretrain
 On this 2-core CPU two processes share the two cores that one process would use with 2 threads, so no speed-up is
 expected here: the point is that the code paths run and agree. On GPUs each rank has its own device.
 
-    python -m benchmarks.distributed [--steps 30] [--out PATH] [--no-readme]
+    python -m benchmarks.distributed [--steps 30] [--out PATH] [--no-table]
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "distributed.json")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
+    parser.add_argument("--no-table", "--no-readme", dest="no_readme", action="store_true",
+                        help="do not rewrite its table in docs/benchmarks.md")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +101,7 @@ def main() -> None:
         "machine": machine_info(),
     }
     print(readme_table(result))
-    publish("distributed", result, readme_table(result), args.out, update_readme=not args.no_readme)
+    publish("distributed", result, readme_table(result), args.out, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict:
     if out is None:
         print(json.dumps(result, indent=2))
     else:
-        publish("gpu", result, "", out, update_readme=False)
+        publish("gpu", result, "", out, update_page=False)
     return result
 
 

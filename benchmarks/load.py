@@ -20,7 +20,8 @@ first use, once per process), the weights, and what is in flight at the peak. Al
 
     python -m benchmarks.load [--layers 14] [--shard-mb 250] [--no-naive] [--out PATH]
 
-Writes benchmarks/results/load.json (no README table).
+Writes benchmarks/results/load.json and the table between the <!-- load-benchmark --> markers of docs/benchmarks.md
+(tests/test_readme.py checks they agree).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def measure(folder: Path, mode: str) -> dict:
 
 
 def readme_table(result: dict) -> str:
-    """The README's table, from load.json."""
+    """The table of docs/benchmarks.md, from load.json."""
     c = result["checkpoint"]
     lines = [f"| loader ({c['parameters'] / 1e9:.2f}B parameters, {c['shards']} shards of bf16) | seconds | weights (GB) "
              "| peak RSS (GB) | peak RSS / weights | (peak RSS - RSS before loading) / weights | of which meta-device "

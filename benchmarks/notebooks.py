@@ -7,7 +7,7 @@ The notebooks run in their own folder with the repository's checkpoints/ as the 
 MOLMO_LITE_QUICK is set, so the training chapters run their shortened loops (what `make test` runs); by default they
 run in full, as a student runs them.
 
-    python -m benchmarks.notebooks [--quick] [--only 00 11] [--out PATH] [--no-readme]
+    python -m benchmarks.notebooks [--quick] [--only 00 11] [--out PATH] [--no-table]
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="chapter numbers to (re)measure, keeping the others")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per cell")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "notebooks.json")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
+    parser.add_argument("--no-table", "--no-readme", dest="no_readme", action="store_true",
+                        help="do not rewrite its table in README.md's syllabus")
     args = parser.parse_args()
     if args.quick:
         os.environ["MOLMO_LITE_QUICK"] = "1"
@@ -119,7 +120,7 @@ def main() -> None:
     mode = "quick (shortened loops, as make test)" if args.quick else "full"
     result = {"benchmark": "notebooks", "mode": mode, "seconds": seconds,
               "total_minutes": round(sum(seconds.values()) / 60, 1), "machine": machine_info()}
-    publish("notebooks", result, readme_table(result), args.out, update_readme=not args.no_readme)
+    publish("notebooks", result, readme_table(result), args.out, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

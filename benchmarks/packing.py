@@ -1,4 +1,4 @@
-"""Padding against packing in stage 2, side by side (issue 14's "stop computing padding").
+"""Padding against packing in stage 2, side by side: the steps that padding tokens cost (recipe v8).
 
     python -m benchmarks.packing [--steps 12] [--out PATH]
 

@@ -4,10 +4,10 @@ Both processors see the same 64 seeded images of mixed sizes (uint8 arrays, 100 
 landscape and extreme strips), one image per call as a data loader would, in one run, taking turns image by image
 so that all meet the same machine state; each image's time is the best of --rounds tries. Writes JSON (default benchmarks/results/preprocess.json) and prints the ratio.
 
-    python -m benchmarks.preprocess [--rounds 5] [--out PATH] [--no-readme]
+    python -m benchmarks.preprocess [--rounds 5] [--out PATH] [--no-table]
 
-It also rewrites the table between the <!-- preprocess-benchmark --> markers of README.md from the JSON, so the
-README never quotes a figure the script did not produce (tests/test_readme.py checks they agree).
+It also rewrites the table between the <!-- preprocess-benchmark --> markers of docs/benchmarks.md from the JSON, so
+the docs never quote a figure the script did not produce (tests/test_readme.py checks they agree).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ LABELS = {
 
 
 def readme_table(result: dict) -> str:
-    """The README's markdown table for a benchmark result."""
+    """The markdown table of docs/benchmarks.md for a benchmark result."""
     lines = ["| processor | images/s | vs transformers |", "|---|---|---|"]
     for name, value in result["images_per_second"].items():
         ratio = result["ratio_vs_transformers"].get(name, 1.0)
@@ -71,7 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "preprocess.json")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
+    parser.add_argument("--no-table", "--no-readme", dest="no_readme", action="store_true",
+                        help="do not rewrite its table in docs/benchmarks.md")
     args = parser.parse_args()
 
     from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
@@ -103,7 +104,7 @@ def main() -> None:
         print(f"{name:<48} {value:8.1f} images/s")
     for name, ratio in result["ratio_vs_transformers"].items():
         print(f"ratio {name} / transformers: {ratio:.2f}")
-    publish("preprocess", result, readme_table(result), args.out, update_readme=not args.no_readme)
+    publish("preprocess", result, readme_table(result), args.out, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

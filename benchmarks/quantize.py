@@ -13,10 +13,10 @@ trainer does. Figures:
   the variants take turns in rotating order, best of --rounds each, so all meet the same machine state;
 - Molmo-7B-D's weights per format, from shapes (``quantize.footprint_table``), as a ratio to bf16.
 
-    python -m benchmarks.quantize [--rounds 10] [--batch 8] [--out PATH] [--no-readme]
+    python -m benchmarks.quantize [--rounds 10] [--batch 8] [--out PATH] [--no-table]
 
 Writes JSON (default benchmarks/results/quantize.json) and rewrites the table between the <!-- quantize-benchmark -->
-markers of README.md (tests/test_readme.py checks they agree).
+markers of docs/benchmarks.md (tests/test_readme.py checks they agree).
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quantize.json")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
+    parser.add_argument("--no-table", "--no-readme", dest="no_readme", action="store_true",
+                        help="do not rewrite its table in docs/benchmarks.md")
     args = parser.parse_args()
 
     base = tiny_model(0).eval()
@@ -130,7 +131,7 @@ def main() -> None:
         "machine": machine_info(),
     }
     print(readme_table(result))
-    publish("quantize", result, readme_table(result), args.out, update_readme=not args.no_readme)
+    publish("quantize", result, readme_table(result), args.out, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

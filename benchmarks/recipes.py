@@ -1,4 +1,5 @@
-"""Training recipes of the tiny Molmo, compared at equal wall-clock minutes (issue 14; the table of chapter 10).
+"""Training recipes of the tiny Molmo, compared at equal wall-clock minutes (the table of chapter 10 and of
+docs/benchmarks.md; docs/recipes.md tells what each measured).
 
     python -m benchmarks.recipes                      # list the recipes and what each changes
     python -m benchmarks.recipes NAME [--minutes 11.5] [--evals 4] [--examples 200]
@@ -14,8 +15,8 @@ examples, with the blind baseline and the shuffled-image control.
 
 Writes benchmarks/results/recipes.json (one record per recipe: metrics against training minutes, steps/s,
 tokens/s, the configs; a rerun replaces the recipe's record and keeps the earlier runs' headline figures under
-"previous_runs") and docs/figures/recipes.png (held-out pointing F1
-against minutes, one curve per recipe). One run at a time on this 2-core machine.
+"previous_runs"), docs/figures/recipes.png (held-out pointing F1 against minutes, one curve per recipe) and the table
+between the <!-- recipes-benchmark --> markers of docs/benchmarks.md. One run at a time on this 2-core machine.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import README, machine_info, markers
+from benchmarks.common import machine_info, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "recipes.json"
 FIGURE = ROOT / "docs" / "figures" / "recipes.png"
 
-# The recipe of `make run` before issue 14 (TRAIN_PRESETS as they were): pools of 3000 examples per dataset, the
-# connector at 3e-3, raw ViT features into a default-initialised projector.
+# v0: Molmo's two stages at the tiny scale, unchanged: pools of 3000 examples per dataset, the connector at 3e-3, raw
+# ViT features into a default-initialised projector.
 V0_CAPTION = dict(stage="caption", batch_size=16, lr_connector=3e-3, lr_vit=2e-5, lr_llm=2e-4, warmup_connector=30,
                   warmup_vit=30, warmup_llm=30, examples=3000)
 V0_SFT = dict(V0_CAPTION, stage="sft")
@@ -62,7 +63,7 @@ PACKED_CAPTION = dict(V0_CAPTION, data="fresh", pack_examples=True, **FAST_LRS) 
 PACKED_SFT = dict(V0_SFT, data="fresh", pack_examples=True, **FAST_LRS)
 
 RECIPES: dict[str, Recipe] = {
-    "v0-course": Recipe("make run before issue 14: pools of 3000 images, Molmo's connector as is",
+    "v0-course": Recipe("Molmo's stages at tiny scale: pools of 3000 images, Molmo's connector as is",
                         MOLMO_CONNECTOR, V0_CAPTION, V0_SFT),
     "v1-connector": Recipe("v0 + ViT features normalised per layer, projector init x3 (image embeddings at the "
                            "scale of the text's)", COURSE_CONNECTOR, V0_CAPTION, V0_SFT),
@@ -246,17 +247,13 @@ def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir:
     OUT.write_text(json.dumps(results, indent=1) + "\n")
     print("wrote", OUT)
     figure(results)
-    update_readme(results)
+    update_page(results)
     return record
 
 
-def update_readme(results: dict[str, dict]) -> None:
-    """Replace the README's recipes table (between the recipes-benchmark markers) with ``readme_table``."""
-    start, end = markers("recipes")
-    text = README.read_text()
-    if start in text:
-        head, rest = text.split(start, 1)
-        README.write_text(head + start + "\n" + readme_table(results) + "\n" + end + rest.split(end, 1)[1])
+def update_page(results: dict[str, dict]) -> None:
+    """Replace the recipes table of docs/benchmarks.md (between its markers) with ``readme_table``."""
+    replace_block("recipes", readme_table(results))
 
 
 def readme_table(results: dict[str, dict]) -> str:
@@ -322,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads(OUT.read_text())
         print(figure(results))
         print(readme_table(results))
-        update_readme(results)
+        update_page(results)
         return
     if args.name is None:
         measured = json.loads(OUT.read_text()) if OUT.exists() else {}

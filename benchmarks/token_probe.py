@@ -1,4 +1,4 @@
-"""What do the tiny Molmo's image tokens know about a crowded scene? A linear probe (issue 14's diagnosis).
+"""What do the tiny Molmo's image tokens know about a crowded scene? A linear probe (docs/recipes.md).
 
     python -m benchmarks.token_probe [--model DIR] [--train 2000] [--test 500] [--grid 8 16]
 

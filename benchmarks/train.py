@@ -36,10 +36,10 @@ A third candidate removes those differences: the reference itself, written in th
 molmo_lite with ``from_released`` (family "molmo2", chapter 13), so the same architecture with the same weights; the
 script checks that its logits equal the reference's (1e-4) before timing.
 
-    python -m benchmarks.train [--rounds 20] [--steps 1] [--batch 8] [--out PATH] [--no-readme]
+    python -m benchmarks.train [--rounds 20] [--steps 1] [--batch 8] [--out PATH] [--no-table]
 
 Writes JSON (default benchmarks/results/train.json) and rewrites the table between the <!-- train-benchmark -->
-markers of README.md from it (tests/test_readme.py checks they agree).
+markers of docs/benchmarks.md from it (tests/test_readme.py checks they agree).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def check_step(name: str, model: nn.Module, step: Callable[[], torch.Tensor]) ->
 
 
 def readme_table(result: dict) -> str:
-    """The README's markdown table for a benchmark result."""
+    """The markdown table of docs/benchmarks.md for a benchmark result."""
     lines = ["| model | parameters | tokens/s | ms / step | vs transformers |", "|---|---|---|---|---|"]
     for name in (OURS, OURS2, HF):
         ratio = result["tokens_per_second"][name] / result["tokens_per_second"][HF]
@@ -206,7 +206,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="consecutive training steps per timed try")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train.json")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
+    parser.add_argument("--no-table", "--no-readme", dest="no_readme", action="store_true",
+                        help="do not rewrite its table in docs/benchmarks.md")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -272,7 +273,7 @@ def main() -> None:
         print(f"{name:<46} {value:9.1f} tokens/s  ({1000 * seconds[name]:.1f} ms / step)")
     print(f"ours / transformers: {result['ratio_ours_vs_transformers']:.2f}x; configured as Molmo2 (same weights, "
           f"logits within {same_model_gap:.1e}): {result['ratio_ours_as_molmo2_vs_transformers']:.2f}x")
-    publish("train", result, readme_table(result), args.out, update_readme=not args.no_readme)
+    publish("train", result, readme_table(result), args.out, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

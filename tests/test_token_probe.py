@@ -1,4 +1,4 @@
-"""The linear probe of benchmarks/token_probe.py (issue 14's diagnosis of where positions are lost)."""
+"""The linear probe of benchmarks/token_probe.py (docs/recipes.md: where the positions of crowded scenes are lost)."""
 
 from __future__ import annotations
 
