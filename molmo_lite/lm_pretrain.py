@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import CHECKPOINT_DIR, LLM_PRESETS, LLMConfig
-from .data.corpus import KINDS, course_corpus
+from .data.corpus import EXTRA_KINDS, KINDS, course_corpus
 from .llm import LLM, load_llm, save_llm
 from .tokenizer import MolmoTokenizer
 
@@ -116,7 +116,7 @@ def tiny_lm(directory: Path | None = None, steps: int = 400, kinds: tuple[str, .
     """The tiny pretrained LLM of chapter 04: loaded from ``directory`` (default checkpoints/tiny_lm, or
     checkpoints/tiny_lm_<kinds> for a corpus of fewer line kinds), or trained and saved there first if it is missing
     (a minute or two on a laptop CPU)."""
-    kinds = tuple(k for k in KINDS if k in kinds)
+    kinds = tuple(k for k in KINDS + tuple(EXTRA_KINDS) if k in kinds)
     default = "tiny_lm" if kinds == KINDS else "tiny_lm_" + "-".join(kinds)
     directory = Path(directory or CHECKPOINT_DIR / default)
     if not (directory / "model.safetensors").exists():
@@ -129,3 +129,32 @@ def tiny_lm(directory: Path | None = None, steps: int = 400, kinds: tuple[str, .
         print(f"saved to {shown_path(directory)}: held-out loss {report['heldout_loss_before']:.2f} -> "
               f"{report['heldout_loss_after']:.2f}", flush=True)
     return load_llm(directory)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m molmo_lite.lm_pretrain [--steps N] [--kinds caption,...,scene] [--seq-len L] [--out DIR]"""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Pre-train the tiny LM on the course corpus (chapter 04).")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"line kinds, comma-separated, from {KINDS + tuple(EXTRA_KINDS)}")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--lines", type=int, default=20000)
+    parser.add_argument("--out", type=Path, required=True, help="the folder to save the LLM to")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    model, _, report = pretrain_tiny_lm(steps=args.steps, seq_len=args.seq_len, n_lines=args.lines,
+                                        kinds=tuple(args.kinds.split(",")), print_every=100)
+    save_llm(model, args.out)
+    summary = {"steps": args.steps, "kinds": args.kinds, "seq_len": args.seq_len, "lines": args.lines,
+               "minutes": (time.perf_counter() - start) / 60, "heldout_loss_before": report["heldout_loss_before"],
+               "heldout_loss_after": report["heldout_loss_after"], "samples_after": report["samples_after"]}
+    (args.out / "pretrain.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,15 @@ olmo/data/data_formatter.py):
                alt="circles">circles</points> shows a total of 2."   /   "... Assistant: There are none."
     qa        " User: What colour is the square at the top left? Assistant: blue"
     clock     " User: clocks: What time is shown? Assistant: 3:45"
+    scene     " User: Point to the red circles. Scene: blue square 12.0 30.1; red circle 58.2 67.6 Assistant:
+               <point x="58.2" y="67.6" alt="red circles">red circles</point>"   (not in the default mix: below)
+
+The scene kind writes chapter 07's pointing scenes as text, each object as "colour shape x y" in Molmo's 0-100 units,
+in the order of the image tokens of an 8 x 8 grid (row by row), where the image tokens would be; its questions
+(pointing, counting, the leftmost / rightmost / top / bottom one of a class, the total, what is nearest to a point)
+are answered from the objects with ``pointing.py``'s formats. It teaches in text what the oracle harness asks of
+image tokens, as a pre-trained LLM brings such skills to Molmo (Qwen2 reads lists, compares and copies numbers
+before it ever sees an image).
 
 Image tokens never appear here: the tokenizer adds them as whole tokens, so BPE must not spend merges on them.
 Deterministic: the same (n, seed) always gives the same lines.
@@ -19,10 +28,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..pointing import count_to_text, points_to_text
-from .synthetic import COLOURS, SHAPES, SceneObject, caption_scene, random_scene
+from ..prompts import Message, format_messages
+from .synthetic import COLOURS, SHAPES, SceneObject, caption_scene, pointing_example, random_scene
 
-KINDS = ("caption", "pointing", "counting", "qa", "clock")
+KINDS = ("caption", "pointing", "counting", "qa", "clock")  # chapter 04's default mix
 KIND_WEIGHTS = (0.3, 0.25, 0.2, 0.15, 0.1)
+EXTRA_KINDS = {"scene": 0.5}  # kind -> weight, opt-in (``kinds=KINDS + ("scene",)``), so the default mix is unchanged
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 # Like Molmo's data formatter, each task draws its question from several templates ({label}: what to point at).
@@ -40,15 +51,17 @@ CLOCK_PROMPTS = ("What time is shown?", "What time does the clock show?", "What 
 def course_corpus(n: int = 20000, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> list[str]:
     """n deterministic lines of course text (captions, prompts, pointing and counting answers, QA, clock times).
     kinds: the KINDS to write, at their KIND_WEIGHTS renormalised (all of them: the chapter 04 corpus; without
-    "pointing" and "counting": an LM that has never seen the point format, as Qwen2 had not before Molmo)."""
-    unknown = sorted(set(kinds) - set(KINDS))
+    "pointing" and "counting": an LM that has never seen the point format, as Qwen2 had not before Molmo), and any
+    of EXTRA_KINDS ("scene": scenes written as text, ``scene_line``)."""
+    every = dict(zip(KINDS, KIND_WEIGHTS)) | EXTRA_KINDS
+    unknown = sorted(set(kinds) - set(every))
     if unknown or not kinds:
-        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
+        raise ValueError(f"kinds must be a non-empty subset of {tuple(every)}, got {kinds}")
     rng = np.random.default_rng(seed)
     makers = {"caption": caption_line, "pointing": pointing_line, "counting": counting_line, "qa": qa_line,
-              "clock": clock_line}
-    names = [k for k in KINDS if k in kinds]
-    weights = np.array([w for k, w in zip(KINDS, KIND_WEIGHTS) if k in kinds])
+              "clock": clock_line, "scene": scene_line}
+    names = [k for k in every if k in kinds]
+    weights = np.array([every[k] for k in names])
     picks = rng.choice(len(names), size=n, p=weights / weights.sum())
     return [makers[names[k]](rng) for k in picks]
 
@@ -156,3 +169,57 @@ def clock_line(rng: np.random.Generator) -> str:
     hour, minute, second = int(rng.integers(1, 13)), int(rng.integers(60)), int(rng.integers(60))
     time = f"{hour}:{minute:02d}" + (f":{second:02d}" if rng.random() < 0.2 else "")
     return chat(_pick(rng, CLOCK_PROMPTS), time, style="clocks")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scenes written as text (opt-in kind "scene"): chapter 07's pointing scenes, the objects where the image would be.
+# --------------------------------------------------------------------------------------------------------------------
+
+SCENE_GRID = 8  # the objects are listed in the order of an 8 x 8 grid's image tokens (row by row, then by x)
+EXTREMES = {"leftmost": (0, 1), "rightmost": (0, -1), "topmost": (1, 1), "bottommost": (1, -1)}  # (axis, sign)
+
+
+def scene_text(objects: list[SceneObject], grid: int = SCENE_GRID) -> str:
+    """' Scene: red circle 58.2 67.6; blue square 12.0 30.1' (an empty scene: ' Scene: nothing'), in the raster
+    order of a grid x grid image (row of the centre, then x): the order the image tokens would give them."""
+    cell = 100 / grid
+    ordered = sorted(objects, key=lambda o: (min(grid - 1, int(o.y // cell)), o.x))
+    listed = "; ".join(f"{o.colour} {o.shape} {o.x:.1f} {o.y:.1f}" for o in ordered)
+    return " Scene: " + (listed or "nothing")
+
+
+def scene_questions(objects: list[SceneObject], label: str, singular: str, points: list[tuple[float, float]],
+                    rng: np.random.Generator) -> list[Message]:
+    """The questions a text scene is asked (one is drawn per line), answered from the objects: point to the class,
+    count it, the leftmost / rightmost / topmost / bottommost one, the total, the object nearest to a point."""
+    side = str(rng.choice(list(EXTREMES)))
+    axis, sign = EXTREMES[side]
+    extreme = [min(points, key=lambda p: sign * p[axis])] if points else []
+    x, y = (round(float(v), 1) for v in rng.uniform(0, 100, size=2))
+    nearest = min(objects, key=lambda o: (o.x - x) ** 2 + (o.y - y) ** 2) if objects else None
+    return [
+        Message(f"Point to the {label}.", points_to_text(points, label), "pointing"),
+        Message(f"How many {label} are there?", count_to_text(points, label), "point_count"),
+        Message(f"Point to the {side} {singular}.", points_to_text(extreme, singular), "pointing"),
+        Message("How many shapes are there?", str(len(objects)), None),
+        Message(f"Which shape is nearest to {x:.1f} {y:.1f}?",
+                f"the {nearest.colour} {nearest.shape}" if nearest else "There are none.", None),
+    ]
+
+
+SCENE_QUESTION_WEIGHTS = (0.35, 0.35, 0.1, 0.1, 0.1)
+
+
+def scene_line(rng: np.random.Generator, question_first: bool = True) -> str:
+    """One scene of chapter 07's world (``pointing_example``: 0-10 of a class among 0-6 others) as text with one
+    question: ' User: {q} Scene: ... Assistant: {a}' (the oracle harness's question-first layout), or with
+    question_first False ' Scene: ... User: {q} Assistant: {a}' (Molmo's: the image before the question)."""
+    example = pointing_example(rng, render=False)
+    meta = example.meta
+    questions = scene_questions(meta["objects"], meta["label"], meta["label"][:-1], meta["points"], rng)
+    message = questions[int(rng.choice(len(questions), p=SCENE_QUESTION_WEIGHTS))]
+    ((prompt, answer),) = format_messages([message], rng)
+    user, assistant = prompt.rsplit(" Assistant:", 1)
+    scene = scene_text(meta["objects"])
+    body = f"{user}{scene} Assistant:{assistant}" if question_first else f"{scene}{prompt}"
+    return f"{body} {answer}"
