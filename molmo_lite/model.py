@@ -20,9 +20,10 @@ reads them back (no pickle) and says clearly what is wrong with a folder that is
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -146,16 +147,24 @@ class MolmoLite(nn.Module):
         tok = MolmoTokenizer.from_file(tokenizer or llm_dir, pad_to=config.llm.vocab_size)
         return cls.from_parts(config, vision=vit, llm=language, tokenizer=tok)
 
+    # molmo_lite.released.load_released, handed over by molmo_lite.released when it is imported: released.py imports
+    # this module to build the model, so this one cannot import it back (tests/test_imports.py: no import circles).
+    _released_loader: ClassVar[Callable[..., MolmoLite] | None] = None
+
     @classmethod
     def from_released(cls, path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32, quantize: str | None = None,
                       **options) -> MolmoLite:
-        """A released Molmo 1 checkpoint (allenai/Molmo-7B-D-0924 / -7B-O-0924, their remote-code layout): a local
-        folder or a Hub id (downloaded when online). dtype: torch.float32 or torch.bfloat16; quantize: None or "nf4"
-        (the LLM's projections, as chapter 11). ``molmo_lite.released.load_released`` does the work (options: its
-        ``device`` and ``tokenizer``)."""
-        from .released import load_released
-
-        return load_released(path_or_hub_id, dtype=dtype, quantize=quantize, **options)
+        """A released Molmo 1 checkpoint (allenai/Molmo-7B-D-0924 / -7B-O-0924, their remote-code layout) or Molmo2
+        one: a local folder or a Hub id (downloaded when online). dtype: torch.float32 or torch.bfloat16; quantize:
+        None or "nf4" (the LLM's projections, as chapter 11). ``molmo_lite.released.load_released`` does the work
+        (options: its ``device``, ``tokenizer`` and ``family``); it is there once ``molmo_lite.released`` has been
+        imported (``from molmo_lite import released``), which is also where the rest of chapter 13's tools are."""
+        loader = MolmoLite._released_loader
+        if loader is None:
+            raise RuntimeError("MolmoLite.from_released is molmo_lite.released.load_released, which molmo_lite.model "
+                               "cannot import (released.py imports model.py): `from molmo_lite import released` "
+                               "first, or call released.load_released(...) directly")
+        return loader(path_or_hub_id, dtype=dtype, quantize=quantize, **options)
 
     # ---------------------------------------------------------------------------------------------------- forward
 

@@ -24,31 +24,70 @@ Loading never holds more than the model plus the tensor being read: the model is
 tensor is copied out in ``dtype`` as it is read and assigned into the model (``load_state_dict(assign=True)``), and
 with ``quantize="nf4"`` each LLM projection is quantized (chapter 11's ``quantize_llm``) as soon as its weights
 are in.
+
+Three files, imported one way (released_layout <- released_molmo2 <- released; this module also imports model and,
+to quantize, quantize; model.py imports none of them):
+
+    released_layout.py   what both families share: the tensor names (``released_plan``, ``Layout``), the fused
+                         weights (``split_att_proj`` ...), the file names, ``ReleasedCheckpointError``
+    released_molmo2.py   Molmo2's config.json as a MolmoConfig (``molmo2_config``), its hub-layout writer
+    released.py          Molmo 1's config.json, reading both families (``load_released``), writing Molmo 1; every
+                         public name of the other two is importable from here too
+
+``MolmoLite.from_released`` is ``load_released``: this module registers it with MolmoLite when it is imported
+(model.py cannot import this module, which imports model.py to build the model).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from .config import (
-    IM_START,
     IMAGE_TOKENS,
-    LOW_RES_IM_START,
     ConnectorConfig,
     LLMConfig,
     MolmoConfig,
     PreprocessorConfig,
     VisionConfig,
     shown_path,
+)
+from .model import MolmoLite
+from .released_layout import (  # noqa: F401  (all of them importable from here, as before the split)
+    INDEX_NAME,
+    MOLMO1_LAYOUT,
+    MOLMO2_LAYOUT,
+    PREFIX,
+    SINGLE_NAME,
+    Entry,
+    Layout,
+    ReleasedCheckpointError,
+    _fuse,
+    _rows,
+    _stacked_shape,
+    att_proj_rows,
+    ff_proj_rows,
+    fuse_att_proj,
+    fuse_ff_proj,
+    released_plan,
+    split_att_proj,
+    split_entry,
+    split_ff_proj,
+)
+from .released_molmo2 import (  # noqa: F401  (all of them importable from here, as before the split)
+    MOLMO2_ACTIVATIONS,
+    MOLMO2_PREPROCESSOR,
+    is_molmo2_config,
+    molmo2_config,
+    molmo2_preprocessor,
+    save_molmo2_hub_layout,
 )
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -88,181 +127,20 @@ MOLMO1_FIXED = FixedGeometry(
 # that is NOT the released one (the tiny checkpoints of the tests and of chapter 13). Absent = MOLMO1_FIXED.
 GEOMETRY_KEY = "molmo_lite_geometry"
 
-PREFIX = "model."
 RELEASED_ARCHITECTURES = ("MolmoForCausalLM", "MOLMoForCausalLM")  # the second: an older revision of 7B-D
 AUTO_MAP = {"AutoConfig": "config_molmo.MolmoConfig", "AutoModelForCausalLM": "modeling_molmo.MolmoForCausalLM"}
 PROCESSOR_AUTO_MAP = {"AutoImageProcessor": "image_preprocessing_molmo.MolmoImageProcessor",
                       "AutoProcessor": "preprocessing_molmo.MolmoProcessor"}
 VARIANTS = ("7b-d", "7b-o")
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "tokenizer*"]  # config, index, shards, tokenizer and processor
 
 
-class ReleasedCheckpointError(ValueError):
-    """A folder that is not a readable released Molmo 1 checkpoint; the message names the file or tensor."""
-
-
 # --------------------------------------------------------------------------------------------------------------------
-# The fused weights.
+# The shapes (the name map itself, and the fused weights, are in released_layout.py).
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def att_proj_rows(heads: int, kv_heads: int, head_dim: int) -> list[tuple[int, int]]:
-    """The row ranges of q, k and v in att_proj: q (heads * head_dim rows) first, then k and v (kv_heads * head_dim
-    each), in that order."""
-    q, kv = heads * head_dim, kv_heads * head_dim
-    return [(0, q), (q, q + kv), (q + kv, q + 2 * kv)]
-
-
-def ff_proj_rows(rows: int) -> list[tuple[int, int]]:
-    """The row ranges of up and gate in ff_proj: the first half is the up projection, the second the gate (the
-    remote code chunks the output into x, gate and returns silu(gate) * x)."""
-    if rows % 2:
-        raise ValueError(f"ff_proj has an odd number of rows ({rows}): it must hold up and gate")
-    return [(0, rows // 2), (rows // 2, rows)]
-
-
-def split_att_proj(fused: torch.Tensor, heads: int, kv_heads: int, head_dim: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """att_proj (weight [out, hidden] or bias [out]) -> (q, k, v), views of ``fused`` (``att_proj_rows``)."""
-    rows = att_proj_rows(heads, kv_heads, head_dim)
-    if fused.shape[0] != rows[-1][1]:
-        raise ValueError(f"att_proj has {fused.shape[0]} rows; {heads} heads and {kv_heads} kv heads of "
-                         f"{head_dim} need {rows[-1][1]}")
-    return tuple(fused[a:b] for a, b in rows)
-
-
-def split_ff_proj(fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ff_proj [2 * intermediate, hidden] -> (up, gate), views of ``fused`` (``ff_proj_rows``)."""
-    return tuple(fused[a:b] for a, b in ff_proj_rows(fused.shape[0]))
-
-
-def fuse_att_proj(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``split_att_proj``."""
-    return torch.cat([q, k, v], dim=0)
-
-
-def fuse_ff_proj(up: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``split_ff_proj``."""
-    return torch.cat([up, gate], dim=0)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The name map.
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One tensor of the released checkpoint and the MolmoLite parameters it holds.
-
-    kind "plain": one parameter, same shape; "att_proj": (wq, wk, wv) stacked; "ff_proj": (w3 = up, w1 = gate)
-    stacked. ``ours`` is in the order of the rows.
-    """
-
-    released: str
-    ours: tuple[str, ...]
-    kind: str = "plain"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a family's hub checkpoint puts the LLM block's tensors; everything else is named alike.
-
-    Molmo 1 keeps att_proj / attn_out / q_norm / k_norm and ff_proj / ff_out directly under ``blocks.{i}.``; Molmo2
-    nests them under ``self_attn.`` and ``mlp.``, and names the untied output head ``lm_head.weight``."""
-
-    attention: str
-    mlp: str
-    head: str
-
-
-MOLMO1_LAYOUT = Layout("", "", PREFIX + "transformer.ff_out.weight")
-MOLMO2_LAYOUT = Layout("self_attn.", "mlp.", "lm_head.weight")
-
-
-def released_plan(config: MolmoConfig, layout: Layout = MOLMO1_LAYOUT) -> list[Entry]:
-    """Every tensor of a released checkpoint for ``config``, in the order the checkpoint lists them by module.
-
-    The ViT's embedding tensors follow the config: a class embedding and pre-LN for CLIP (Molmo 1), a patch bias and
-    neither of the others for Molmo2's ViT; the pad embedding only where the connector has one (Molmo 1)."""
-    vit, vit_ours = PREFIX + "vision_backbone.image_vit.", "vision."
-    v = config.vision
-    embed = ["patch_embedding.weight", *(["patch_embedding.bias"] if v.patch_bias else []),
-             *(["class_embedding"] if v.cls_token else []), "positional_embedding",
-             *(["pre_ln.weight", "pre_ln.bias"] if v.pre_ln else [])]
-    entries = [Entry(vit + name, (vit_ours + name,)) for name in embed]
-    for j in range(config.vision.blocks_used):
-        for part in ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "attention_norm", "ffn_norm",
-                     "feed_forward.w1", "feed_forward.w2"):
-            for kind in ("weight", "bias"):
-                entries.append(Entry(f"{vit}transformer.resblocks.{j}.{part}.{kind}",
-                                     (f"{vit_ours}blocks.{j}.{part}.{kind}",)))
-    backbone = PREFIX + "vision_backbone."
-    if config.connector.pad_embed:
-        entries.append(Entry(backbone + "pad_embed", ("connector.pad.pad_embed",)))
-    for a in "qkvo":
-        for kind in ("weight", "bias"):
-            entries.append(Entry(f"{backbone}image_pooling_2d.w{a}.{kind}", (f"connector.pool.w{a}.{kind}",)))
-    for w in ("w1", "w2", "w3"):  # w1 gate, w3 up, w2 down: the same names as ours
-        entries.append(Entry(f"{backbone}image_projector.{w}.weight", (f"connector.projector.{w}.weight",)))
-
-    llm, lt = config.llm, PREFIX + "transformer."
-    entries.append(Entry(lt + "wte.embedding", ("llm.embed.base.weight",)))
-    if llm.additional_vocab:
-        entries.append(Entry(lt + "wte.new_embedding", ("llm.embed.new.weight",)))
-    for i in range(llm.layers):
-        src, ours = f"{lt}blocks.{i}.", f"llm.blocks.{i}."
-        att, mlp = src + layout.attention, src + layout.mlp
-        entries.append(Entry(src + "attn_norm.weight", (ours + "attention_norm.weight",)))
-        entries.append(Entry(att + "att_proj.weight", tuple(f"{ours}attention.w{x}.weight" for x in "qkv"), "att_proj"))
-        if llm.qkv_bias:
-            entries.append(Entry(att + "att_proj.bias", tuple(f"{ours}attention.w{x}.bias" for x in "qkv"),
-                                 "att_proj"))
-        if llm.qk_norm:
-            entries.append(Entry(att + "q_norm.weight", (ours + "attention.q_norm.weight",)))
-            entries.append(Entry(att + "k_norm.weight", (ours + "attention.k_norm.weight",)))
-        entries.append(Entry(att + "attn_out.weight", (ours + "attention.wo.weight",)))
-        entries.append(Entry(src + "ff_norm.weight", (ours + "ffn_norm.weight",)))
-        entries.append(Entry(mlp + "ff_proj.weight", (ours + "feed_forward.w3.weight", ours + "feed_forward.w1.weight"),
-                             "ff_proj"))
-        entries.append(Entry(mlp + "ff_out.weight", (ours + "feed_forward.w2.weight",)))
-    entries.append(Entry(lt + "ln_f.weight", ("llm.norm.weight",)))
-    if not llm.tie_embeddings:
-        entries.append(Entry(layout.head, ("llm.lm_head.weight",)))
-    return entries
-
-
-def _rows(entry: Entry, rows: int, llm: LLMConfig) -> list[tuple[int, int]]:
-    """The row range of each of ``entry.ours`` in the released tensor (of ``rows`` rows)."""
-    if entry.kind == "att_proj":
-        return att_proj_rows(llm.heads, llm.kv_heads, llm.dim_per_head)
-    if entry.kind == "ff_proj":
-        return ff_proj_rows(rows)
-    return [(0, rows)]
-
-
-def split_entry(entry: Entry, tensor: torch.Tensor, llm: LLMConfig) -> tuple[torch.Tensor, ...]:
-    """A whole released tensor -> its parts (views), in the order of ``entry.ours``."""
-    if entry.kind == "att_proj":
-        return split_att_proj(tensor, llm.heads, llm.kv_heads, llm.dim_per_head)
-    if entry.kind == "ff_proj":
-        return split_ff_proj(tensor)
-    return (tensor,)
-
-
-def _fuse(entry: Entry, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    if entry.kind == "att_proj":
-        return fuse_att_proj(*parts)
-    if entry.kind == "ff_proj":
-        return fuse_ff_proj(*parts)
-    return parts[0]
-
-
-def _meta_model(config: MolmoConfig, tokenizer):
-    from .model import MolmoLite
-
+def _meta_model(config: MolmoConfig, tokenizer) -> MolmoLite:
     with torch.device("meta"):  # shapes, no memory: even the 7B geometry costs nothing here
         return MolmoLite(config, tokenizer)
 
@@ -274,10 +152,6 @@ def released_shapes(config: MolmoConfig, tokenizer=None) -> dict[str, tuple[int,
     tokenizer = tokenizer or MolmoTokenizer.tiny(pad_to=config.llm.vocab_size)
     ours = {k: tuple(v.shape) for k, v in _meta_model(config, tokenizer).state_dict().items()}
     return {e.released: _stacked_shape([ours[n] for n in e.ours]) for e in released_plan(config)}
-
-
-def _stacked_shape(shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
-    return (sum(s[0] for s in shapes), *shapes[0][1:])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -397,200 +271,6 @@ def _molmo2_message(where: str, why: str) -> str:
     return (f"{where} is a Molmo2 checkpoint ({why}), not Molmo 1, so the Molmo 1 reader (family='molmo1') "
             "refuses it: Molmo2 has other key names and another ViT. Load it with family='molmo2', or let "
             "load_released / MolmoLite.from_released tell the family from config.json (family=None).")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Molmo2 (allenai/Molmo2-*): the same modules, configured (docs/released_checkpoints.md, "Molmo2").
-# --------------------------------------------------------------------------------------------------------------------
-
-# What Molmo2's image processor uses when preprocessor_config.json does not say (transformers 5.24,
-# models/molmo2/image_processing_molmo2.py, Molmo2ImageProcessor's class defaults: 378 px crops of 14 px patches, at
-# most 8 crops, overlap margins [4, 4], 2x2 pooling, mean = std = 0.5 per channel, bilinear resize to the exact size).
-# The overview's tokens follow Molmo2Processor's defaults (use_single_crop_start_token true: <low_res_im_start>; <im_col>
-# as in the crops); a folder's processor_config.json can say otherwise (Molmo2-8B's: no <im_col> in the overview).
-MOLMO2_PREPROCESSOR = PreprocessorConfig(crop_size=378, patch_size=14, max_crops=8, overlap_margins=(4, 4),
-                                         pooling=(2, 2), image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
-                                         resize="stretch", antialias=False, low_res_start=LOW_RES_IM_START,
-                                         low_res_cols=True)
-MOLMO2_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "gelu": "gelu",
-                      "quick_gelu": "quick_gelu"}
-
-
-def is_molmo2_config(hf: Mapping) -> bool:
-    """Does this config.json describe a Molmo2 (model_type "molmo2" or a Molmo2* architecture)?"""
-    archs = [str(a) for a in hf.get("architectures") or []]
-    return str(hf.get("model_type", "")).startswith("molmo2") or any("Molmo2" in a for a in archs)
-
-
-def _first(d: Mapping, *names, default=None):
-    """The value of the first of ``names`` that ``d`` has: the hub's remote-code field names and transformers' own
-    differ (image_default_input_size / image_size, vit_layers / vision_feature_layer, ...)."""
-    for name in names:
-        if d.get(name) is not None:
-            return d[name]
-    return default
-
-
-def molmo2_preprocessor(pp: Mapping | None, where: str = "preprocessor_config.json",
-                        processor: Mapping | None = None) -> PreprocessorConfig:
-    """PreprocessorConfig from a Molmo2 preprocessor_config.json (None: MOLMO2_PREPROCESSOR). Read: size (or
-    base_image_input_size), patch_size, max_crops, overlap_margins, pooling_size, image_mean, image_std; from
-    processor_config.json (``processor``), how the overview's tokens are written: use_single_crop_start_token,
-    use_single_crop_col_tokens (null: as image_use_col_tokens)."""
-    base = MOLMO2_PREPROCESSOR
-    if processor:
-        cols = processor.get("use_single_crop_col_tokens")
-        cols = processor.get("image_use_col_tokens", True) if cols is None else cols
-        if not processor.get("image_use_col_tokens", True):
-            raise ReleasedCheckpointError(f"{where}: image_use_col_tokens false (crops without <im_col>) is not "
-                                          "supported")
-        start = LOW_RES_IM_START if processor.get("use_single_crop_start_token", True) else IM_START
-        base = replace(base, low_res_start=start, low_res_cols=bool(cols))
-    if pp is None:
-        return base
-    size = _first(pp, "size", "base_image_input_size", default=[base.crop_size, base.crop_size])
-    side = [size.get("height"), size.get("width")] if isinstance(size, Mapping) else (
-        [size, size] if isinstance(size, int) else list(size))
-    if side[0] != side[1]:
-        raise ReleasedCheckpointError(f"{where}: crop size {side} is not square; molmo_lite's crops are")
-    return replace(base, crop_size=int(side[0]), patch_size=int(_first(pp, "patch_size", "image_patch_size",
-                                                                        default=base.patch_size)),
-                   max_crops=int(pp.get("max_crops", base.max_crops)),
-                   overlap_margins=tuple(pp.get("overlap_margins", base.overlap_margins)),
-                   pooling=tuple(pp.get("pooling_size", base.pooling)),
-                   image_mean=tuple(pp.get("image_mean", base.image_mean)),
-                   image_std=tuple(pp.get("image_std", base.image_std)))
-
-
-def molmo2_config(hf: Mapping, preprocessor: Mapping | None = None, tokenizer: str = "",
-                  where: str = "config.json", processor: Mapping | None = None) -> MolmoConfig:
-    """The MolmoConfig of a Molmo2 checkpoint from its config.json, as transformers' Molmo2Config reads it (both the
-    hub's remote-code names and transformers' own), mapped onto the course's switches:
-
-    vision_config / vit_config  -> VisionConfig(cls_token=False, pre_ln=False, patch_bias=True, act "gelu_tanh");
-                                   hub configs list more layers than the weights hold: the ViT keeps
-                                   max(vit_layers) + 1 blocks, as transformers does
-    adapter_config              -> ConnectorConfig(pad_embed=False): pooling heads x head_dim, SwiGLU width
-    text_config                 -> LLMConfig(qk_norm=True, qk_norm_scope "head" for qk_norm_type "qwen3", "full" for
-                                   "olmo"), head_dim, additional_vocab_size, norm_after, rope theta
-    and image_attention="bidirectional". What the course's modules cannot express is refused with its field named:
-    grouped-query attention in the ViT or the pooling, a scaled RoPE, biases the modules lack.
-    """
-    vit = _first(hf, "vision_config", "vit_config")
-    adapter, text = hf.get("adapter_config"), hf.get("text_config")
-    for name, part in (("vision_config", vit), ("adapter_config", adapter), ("text_config", text)):
-        if not isinstance(part, Mapping):
-            raise ReleasedCheckpointError(f"{where} lacks the {name!r} section that a Molmo2 config.json has")
-
-    def need(d, *names, section):
-        value = _first(d, *names)
-        if value is None:
-            raise ReleasedCheckpointError(f"{where}: {section} lacks {names[0]!r}")
-        return value
-
-    def refuse(why):
-        raise ReleasedCheckpointError(f"{where}: {why}; molmo_lite's modules cannot express it")
-
-    width, heads = int(need(vit, "hidden_size", section="vision_config")), int(
-        need(vit, "num_attention_heads", section="vision_config"))
-    if int(_first(vit, "num_key_value_heads", default=heads)) != heads:
-        refuse(f"vision_config has num_key_value_heads {vit['num_key_value_heads']} != {heads} heads")
-    if int(_first(vit, "head_dim", default=width // heads)) * heads != width:
-        refuse(f"vision_config head_dim {vit.get('head_dim')} x {heads} heads != hidden_size {width}")
-    act = str(_first(vit, "hidden_act", default="gelu_pytorch_tanh"))
-    if act not in MOLMO2_ACTIVATIONS:
-        refuse(f"vision_config hidden_act {act!r}")
-    if not _first(vit, "attention_bias", default=True):
-        refuse("vision_config attention_bias false")
-    size = _first(vit, "image_size", "image_default_input_size", default=[378, 378])
-    size = [size, size] if isinstance(size, int) else list(size)
-    patch = int(_first(vit, "patch_size", "image_patch_size", default=14))
-    if size[0] != size[1]:
-        refuse(f"vision_config image size {size} is not square")
-    positions = _first(vit, "num_position_embeddings", "image_num_pos", default=(size[0] // patch) ** 2)
-    if int(positions) != (size[0] // patch) ** 2:
-        refuse(f"vision_config has {positions} position embeddings for a {size[0] // patch}^2 patch grid")
-    listed = int(need(vit, "num_hidden_layers", section="vision_config"))
-    layers = [int(i) for i in need(adapter, "vision_feature_layer", "vit_layers", section="adapter_config")]
-    if not all(-listed <= i < listed for i in layers):
-        raise ReleasedCheckpointError(f"{where}: vit layers {layers} do not index the {listed} ViT layers")
-    used = listed
-    if "vit_config" in hf and "vision_config" not in hf:  # the hub's config: its weights stop at the last layer read
-        layers = [i % listed for i in layers]
-        used = max(layers) + 1
-    vision = VisionConfig(image_size=size[0], patch_size=patch, width=width, layers=listed, heads=heads,
-                          mlp_width=int(need(vit, "intermediate_size", section="vision_config")),
-                          act=MOLMO2_ACTIVATIONS[act], ln_eps=float(_first(vit, "layer_norm_eps", default=1e-6)),
-                          num_layers_used=used if used != listed else None, feature_layers=tuple(layers),
-                          output_dim=None, cls_token=False, pre_ln=False, patch_bias=True)
-
-    pool_heads = int(need(adapter, "num_attention_heads", section="adapter_config"))
-    if int(_first(adapter, "num_key_value_heads", default=pool_heads)) != pool_heads:
-        refuse(f"adapter_config has num_key_value_heads {adapter['num_key_value_heads']} != {pool_heads} heads")
-    if not _first(adapter, "attention_bias", default=True) or _first(adapter, "mlp_bias", default=False):
-        refuse("adapter_config attention_bias false or mlp_bias true (the pooling has biases, the projector none)")
-    if str(_first(adapter, "hidden_act", default="silu")) != "silu":
-        refuse(f"adapter_config hidden_act {adapter['hidden_act']!r} (the projector is SwiGLU)")
-
-    hidden, t_heads = int(need(text, "hidden_size", section="text_config")), int(
-        need(text, "num_attention_heads", section="text_config"))
-    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        refuse(f"text_config uses a scaled RoPE (rope_type {kind!r})")
-    qk = str(_first(text, "qk_norm_type", default="qwen3"))
-    if qk not in ("qwen3", "olmo"):
-        refuse(f"text_config qk_norm_type {qk!r}")
-    if str(_first(text, "hidden_act", default="silu")) != "silu":
-        refuse(f"text_config hidden_act {text['hidden_act']!r} (the MLP is SwiGLU)")
-    llm = LLMConfig(
-        vocab_size=int(need(text, "vocab_size", section="text_config")), hidden=hidden,
-        layers=int(need(text, "num_hidden_layers", section="text_config")), heads=t_heads,
-        kv_heads=int(_first(text, "num_key_value_heads", default=t_heads)),
-        head_dim=int(_first(text, "head_dim", default=hidden // t_heads)),
-        intermediate=int(need(text, "intermediate_size", section="text_config")),
-        rope_theta=float(_first(rope, "rope_theta", default=_first(text, "rope_theta", default=10000.0))),
-        rms_eps=float(_first(text, "rms_norm_eps", "layer_norm_eps", default=1e-6)),
-        qkv_bias=bool(_first(text, "attention_bias", "qkv_bias", default=False)), qk_norm=True,
-        qk_norm_scope="head" if qk == "qwen3" else "full", norm_after=bool(text.get("norm_after", False)),
-        tie_embeddings=bool(_first(hf, "tie_word_embeddings", default=False)),
-        additional_vocab=int(_first(text, "additional_vocab_size", default=128)),
-    )
-    connector = ConnectorConfig(
-        input_dim=vision.feature_dim, pool_dim=int(need(adapter, "hidden_size", section="adapter_config")),
-        heads=pool_heads, head_dim=int(_first(adapter, "head_dim", default=width // pool_heads)),
-        hidden_dim=int(need(adapter, "intermediate_size", section="adapter_config")),
-        llm_dim=int(_first(adapter, "text_hidden_size", default=hidden)), pad_embed=False)
-    try:
-        # without preprocessor_config.json: Molmo2's defaults at the ViT's own crop size (its input size)
-        pre = molmo2_preprocessor(preprocessor, processor=processor)
-        if preprocessor is None:
-            pre = replace(pre, crop_size=vision.image_size, patch_size=vision.patch_size)
-        return MolmoConfig(preprocessor=pre, vision=vision, connector=connector, llm=llm, tokenizer=tokenizer,
-                           image_attention="bidirectional")
-    except ValueError as err:
-        raise ReleasedCheckpointError(f"{where} and preprocessor_config.json do not fit together: {err}") from None
-
-
-def save_molmo2_hub_layout(model, directory: str | Path) -> Path:
-    """Write a transformers ``Molmo2ForConditionalGeneration`` in the hub layout, as allenai's Molmo2 folders hold it:
-    transformers' ``save_pretrained`` writes the hub's key names, but splits the embedding table into two equal halves
-    where the hub keeps the vocabulary's rows in ``wte.embedding`` and the additional ones in ``wte.new_embedding``;
-    this rewrites that pair. For tests and benchmarks of the Molmo2 reader (a tiny random Molmo2 -> a folder)."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    model.save_pretrained(directory)
-    path = directory / SINGLE_NAME
-    if not path.exists():
-        raise ValueError(f"{shown_path(directory)}: expected one {SINGLE_NAME} (a tiny model), got shards")
-    state = load_file(path)
-    table = model.model.language_model.embed_tokens.weight.detach()
-    vocab = model.config.text_config.vocab_size
-    prefix = PREFIX + "transformer.wte."
-    state[prefix + "embedding"], state[prefix + "new_embedding"] = table[:vocab].clone(), table[vocab:].clone()
-    save_file(state, path, metadata={"format": "pt"})
-    return directory
 
 
 def is_released_folder(path: str | Path) -> bool:
@@ -824,6 +504,11 @@ def load_released(path_or_hub_id: str | Path, dtype: torch.dtype = torch.float32
     if left:
         raise ReleasedCheckpointError(f"no tensor of {shown_path(folder)} filled {left[:12]}")
     return model.eval()
+
+
+# MolmoLite.from_released is load_released. model.py cannot import this module (this one imports model.py to build
+# the model: a circle), so it is handed over here, when molmo_lite.released is imported.
+MolmoLite._released_loader = staticmethod(load_released)
 
 
 # --------------------------------------------------------------------------------------------------------------------

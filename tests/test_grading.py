@@ -279,10 +279,11 @@ def test_an_instructors_hidden_checks_are_loaded_from_the_environment(tmp_path, 
         "def hidden(namespace):\n"
         "    assert namespace['clock_close']('12:00', 12, 0) == (1.0, 1.0), 'noon is noon'\n"
     )
-    from molmo_lite import grading
+    from molmo_lite import grading, grading_core
 
     checks_for("10_evaluation")  # the package's own checks registered first
-    monkeypatch.setattr(grading, "_CHECKS", {k: dict(v) for k, v in grading._CHECKS.items()})  # undone after
+    registry = {k: dict(v) for k, v in grading_core._CHECKS.items()}
+    monkeypatch.setattr(grading_core, "_CHECKS", registry)  # undone after
     monkeypatch.setattr(grading, "_extra_loaded", set())
     monkeypatch.setenv("MOLMO_LITE_CHECKS", str(hidden))
     checks = checks_for("10_evaluation")

@@ -1,4 +1,5 @@
-"""The exercise checks, one module per chapter; importing this package registers them with molmo_lite.grading."""
+"""The exercise checks, one module per chapter; importing this package registers them in molmo_lite.grading_core's
+registry, where molmo_lite.grading (which imports this package when it needs the checks) reads them."""
 
 from . import (  # noqa: F401
     ch01_crops,

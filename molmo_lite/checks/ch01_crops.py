@@ -1,6 +1,6 @@
 """Chapter 01 exercise checks: crops and image tokens, compared with molmo_lite.preprocessing.
 
-Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading).
+Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading_core).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import random
 from typing import Any
 
-from molmo_lite.grading import (
+from molmo_lite.grading_core import (
     _compare_on_cases,
     _int_mismatch,
     _student_function,

@@ -1,6 +1,6 @@
 """Chapter 02 exercise checks: the vision encoder, compared with molmo_lite.vision.
 
-Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading).
+Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading_core).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from molmo_lite.grading import (
+from molmo_lite.grading_core import (
     _compare_on_cases,
     _float_array_mismatch,
     _int_mismatch,

@@ -1,6 +1,6 @@
 """Chapter 03 exercise checks: the connector, compared with molmo_lite.connector.
 
-Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading).
+Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading_core).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from molmo_lite.grading import (
+from molmo_lite.grading_core import (
     _compare_on_cases,
     _float_array_mismatch,
     _index_array_mismatch,

@@ -1,6 +1,6 @@
 """Chapter 04 exercise checks: the language model, compared with molmo_lite.llm.
 
-Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading).
+Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading_core).
 """
 
 from __future__ import annotations
@@ -10,16 +10,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from molmo_lite import grading
-from molmo_lite.grading import (
+from molmo_lite.grading_core import (
     _compare_on_cases,
     _exact_array_mismatch,
     _float_array_mismatch,
     _index_array_mismatch,
     _int_mismatch,
     _randomize_,
+    _student_code_time_limit,
     _student_function,
-    _time_limit,
     _torch_generator,
     _with_hint,
     check,
@@ -295,7 +294,7 @@ def check_greedy_decode(namespace: dict) -> None:
         "greedy_decode", ("model", "input_ids", "max_new_tokens"), student, reference, cases, _index_array_mismatch
     )
     model, input_ids, n = models[0], torch.randint(0, 50, (2, 5), generator=gen), 4
-    with _count_model_tokens(model) as seen, _time_limit(grading._student_time_limit), torch.no_grad():
+    with _count_model_tokens(model) as seen, _student_code_time_limit(), torch.no_grad():
         student(model, input_ids.clone(), n)
     prompt = input_ids.shape[1]
     if not seen or seen[0] != prompt or any(s != 1 for s in seen[1:]) or len(seen) > n + 1:

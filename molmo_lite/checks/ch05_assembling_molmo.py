@@ -1,6 +1,6 @@
 """Chapter 05 exercise checks: the assembled model and packing, compared with molmo_lite.model and molmo_lite.prompts.
 
-Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading).
+Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading_core).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from molmo_lite.grading import (
+from molmo_lite.grading_core import (
     _compare_on_cases,
     _exact_array_mismatch,
     _float_array_mismatch,

@@ -1,6 +1,6 @@
 """Chapter 06 exercise checks: pointing and counting as text, compared with molmo_lite.pointing.
 
-Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading).
+Each ``@check`` function reads the student's function from the notebook's globals (see molmo_lite.grading_core).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import random
 from typing import Any
 
-from molmo_lite.grading import _compare_on_cases, _student_function, _with_hint, check
+from molmo_lite.grading_core import _compare_on_cases, _student_function, _with_hint, check
 
 LABELS = ("red circle", "dogs", "people in the back", "café tables", "猫", "the 3 boats", "apples")
 TOLERANCE = 1e-9

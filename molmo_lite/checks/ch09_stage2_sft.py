@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from molmo_lite.grading import (
+from molmo_lite.grading_core import (
     _compare_on_cases,
     _float_array_mismatch,
     _student_function,

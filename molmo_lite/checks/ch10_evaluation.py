@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from molmo_lite.grading import _compare_on_cases, _student_function, check
+from molmo_lite.grading_core import _compare_on_cases, _student_function, check
 
 
 def _equal(got: Any, expected: Any) -> str | None:

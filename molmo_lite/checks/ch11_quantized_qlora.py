@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from molmo_lite.grading import (_as_comparable_arrays, _compare_on_cases, _float_array_mismatch, _int_mismatch,
-                                _student_function, _torch_generator, _with_hint, check)
+from molmo_lite.grading_core import (_as_comparable_arrays, _compare_on_cases, _float_array_mismatch,
+                                     _int_mismatch, _student_function, _torch_generator, _with_hint, check)
 
 CHAPTER = "11_quantized_qlora"
 TIE = 1e-6  # a weight this close to the midpoint of two levels may be rounded either way

@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from molmo_lite.grading import _compare_on_cases, _float_array_mismatch, _student_function, check
+from molmo_lite.grading_core import _compare_on_cases, _float_array_mismatch, _student_function, check
 
 
 def _reference_micro_batches(rank: int, world_size: int, batch_size: int, grad_accum: int) -> list[list[int]]:

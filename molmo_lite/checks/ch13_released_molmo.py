@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
-from molmo_lite.grading import _compare_on_cases, _describe, _student_function, _torch_generator, _with_hint, check
+from molmo_lite.grading_core import _compare_on_cases, _describe, _student_function, _torch_generator, _with_hint, check
 
 CHAPTER = "13_released_molmo"
 
@@ -121,7 +121,7 @@ def _released_llm(llm_config, seed: int) -> tuple[dict, dict]:
     import torch
 
     from molmo_lite.config import MOLMO_PRESETS
-    from molmo_lite.grading import _randomize_
+    from molmo_lite.grading_core import _randomize_
     from molmo_lite.llm import LLM
     from molmo_lite.released import fuse_att_proj, fuse_ff_proj, released_plan
 
