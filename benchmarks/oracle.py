@@ -58,8 +58,26 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                           {"optimizer": "muon", "match_bit": True}),
     "o9-muon-question-first-bf16": ("o6 with bf16 autocast (this CPU has AMX): more steps in the same minutes",
                                     {"optimizer": "muon", "question_first": True, "autocast": True}),
+    "o10-qf-batch8": ("o6 with batch 8: about twice the steps in the same minutes",
+                      {"optimizer": "muon", "question_first": True, "batch_size": 8}),
+    "o11-qf-lr2e-3": ("o6 at learning rate 2e-3, warmup 20 steps",
+                      {"optimizer": "muon", "question_first": True, "lr": 2e-3, "warmup": 20}),
+    "o12-qf-targets": ("o6 + o3's curriculum over the number of targets",
+                       {"optimizer": "muon", "question_first": True, "curriculum": "targets"}),
+    "o13-qf-words-mimetic": ("o6 with o7's word features and mimetic initialisation",
+                             {"optimizer": "muon", "question_first": True, "features": "words", "mimetic": 0.06}),
+    "o14-qf-heads8": ("o6 with 8 heads of 16 dimensions (4 key/value heads) instead of 4 of 32",
+                      {"optimizer": "muon", "question_first": True, "heads": 8, "kv_heads": 4}),
+    "o15-qf-scene-lm": ("o6 starting from a tiny LM pre-trained on text that includes chapter 07's scenes written as "
+                        "text with questions and Molmo-format answers (lm_pretrain, kind 'scene'; its minutes are "
+                        "reported apart, as a released backbone's)", {"optimizer": "muon", "question_first": True,
+                                                                       "lm_init": "checkpoints/tiny_lm_scene"}),
 }
 DEFAULT = "o6-muon-question-first"
+
+# lm_init folders the harness builds when missing: folder -> molmo_lite.lm_pretrain's command-line arguments
+PRETRAINED = {"checkpoints/tiny_lm_scene": ["--steps", "1500", "--seq-len", "256", "--lines", "40000", "--kinds",
+                                            "caption,pointing,counting,qa,clock,scene"]}
 
 
 def record_key(name: str, minutes: float) -> str:
@@ -67,10 +85,28 @@ def record_key(name: str, minutes: float) -> str:
     return name if minutes == 10 else f"{name}-{minutes:g}min"
 
 
+def pretrained(folder: str) -> dict:
+    """The LM folder an lm_init names, pre-trained first (``python -m molmo_lite.lm_pretrain``) when it is missing;
+    returns that pre-training's summary (its minutes are not the harness's)."""
+    path = ROOT / folder
+    if not (path / "model.safetensors").exists():
+        from molmo_lite import lm_pretrain
+
+        print(f"{folder} is missing: pre-training it ({' '.join(PRETRAINED[folder])})", flush=True)
+        lm_pretrain.main(PRETRAINED[folder] + ["--out", str(path)])
+    return json.loads((path / "pretrain.json").read_text())
+
+
 def run(name: str, minutes: float, heldout: int, evals: int, threads: int = 2) -> dict:
     lever, fields = CONFIGS[name]
+    if fields.get("lm_init"):
+        summary = pretrained(fields["lm_init"])
+        fields = fields | {"lm_init": str(ROOT / fields["lm_init"])}
     record = train_oracle(OracleConfig(**fields), minutes=minutes, heldout=heldout, evals=evals, threads=threads)
     record.pop("model")
+    if fields.get("lm_init"):
+        record["config"]["lm_init"] = CONFIGS[name][1]["lm_init"]  # the repository's path, not this machine's
+        record["pretrain"] = summary
     record.update(name=name, lever=lever, machine=machine_info())
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     key = record_key(name, minutes)

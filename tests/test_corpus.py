@@ -92,3 +92,20 @@ def test_the_default_corpus_has_no_scene_lines_and_is_unchanged_by_the_extra_kin
     assert course_corpus(50, seed=2) == course_corpus(50, seed=2, kinds=KINDS)
     mixed = course_corpus(300, seed=2, kinds=KINDS + ("scene",))
     assert 50 < sum(" Scene: " in line for line in mixed) < 150  # weight 0.5 of 1.5
+
+
+def test_scene_text_scores_score_perfect_answers_1_and_blind_answers_as_the_empty_scenes(monkeypatch):
+    from molmo_lite import lm_pretrain
+    from molmo_lite.data.synthetic import pointing_example
+
+    rng = np.random.default_rng(7)
+    examples = [pointing_example(rng, render=False) for _ in range(12)]
+    truth = [ex.messages[k][0].answer for ex in examples for k in (0, 1)]  # pointing, counting, as the prompts
+    monkeypatch.setattr(lm_pretrain, "complete", lambda model, tok, prompts, max_new_tokens: truth[:len(prompts)])
+    perfect = lm_pretrain.scene_text_scores(None, None, n=12, seed=7)
+    assert perfect["pointing_f1"] == pytest.approx(1.0) and perfect["counting_exact"] == 1.0
+    monkeypatch.setattr(lm_pretrain, "complete", lambda model, tok, prompts, max_new_tokens: ["There are none."] *
+                        len(prompts))
+    blind = lm_pretrain.scene_text_scores(None, None, n=12, seed=7)
+    empty = np.mean([ex.meta["count"] == 0 for ex in examples])
+    assert blind["pointing_f1"] == pytest.approx(empty) and blind["counting_exact"] == pytest.approx(empty)
