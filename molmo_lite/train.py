@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -514,7 +515,7 @@ class Trainer:
         stream.close()  # stops the workers, if any
         if bar is not None:
             bar.close()
-            # The bar is a widget in a notebook, which a saved notebook on the web shows as "0%": say it in text too.
+            # The summary, also after a tqdm bar (which a terminal may have cleared or cut).
             seconds = time.perf_counter() - start
             loss = f", last loss {self.history[-1]['loss']:.4f}" if self.history else ""
             print(f"trained to step {self.step} of {self.config.steps} in {seconds / 60:.1f} min{loss}, "
@@ -523,10 +524,35 @@ class Trainer:
         return self.history
 
 
+class _ProgressLines:
+    """Progress as about ``lines`` printed lines, for notebooks: a widget bar is saved as its first state ("0%| |
+    0/130") in a notebook executed for the web, where no widget runs; plain lines read the same live and saved."""
+
+    def __init__(self, initial: int, total: int, lines: int = 10):
+        self.n, self.total, self.every = initial, total, max(1, math.ceil(total / lines))
+        self.start, self.postfix = time.perf_counter(), {}
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = values
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n % self.every == 0 or self.n == self.total:
+            extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+            print(f"train: step {self.n}/{self.total} ({100 * self.n / self.total:.0f}%), "
+                  f"{time.perf_counter() - self.start:.0f} s{extra}", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(initial: int, total: int, enabled: bool) -> Any:
+    """A tqdm bar in a terminal; printed lines in a notebook (``_ProgressLines``); None when not enabled."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    if "ipykernel" in sys.modules:
+        return _ProgressLines(initial, total)
+    from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", leave=True)
 
