@@ -96,18 +96,15 @@ def scene_text_scores(model: LLM, tokenizer: MolmoTokenizer, n: int = 100, seed:
     F1 and counting exact, with Molmo's rules, on n fresh scenes (a seed no corpus uses), greedy answers."""
     import numpy as np
 
-    from .data.corpus import scene_text
+    from .data.corpus import scene_prompt
     from .data.synthetic import pointing_example
     from .pointing import average_counting_metrics, average_pointing_metrics, counting_metrics, pointing_metrics
     from .prompts import format_messages
 
     rng = np.random.default_rng(seed)
     examples = [pointing_example(rng, render=False) for _ in range(n)]
-    prompts = []
-    for ex in examples:
-        for k in (0, 1):  # pointing, counting
-            user = format_messages(ex.messages[k])[0][0].rsplit(" Assistant:", 1)[0]
-            prompts.append(f"{user}{scene_text(ex.meta['objects'])} Assistant:")
+    prompts = [scene_prompt(format_messages(ex.messages[k])[0][0], ex.meta["objects"])
+               for ex in examples for k in (0, 1)]  # pointing, counting
     said = []
     for i in range(0, len(prompts), 32):
         said += complete(model, tokenizer, prompts[i:i + 32], max_new_tokens=max_new_tokens)
@@ -175,13 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     start = time.perf_counter()
-    model, _, report = pretrain_tiny_lm(steps=args.steps, seq_len=args.seq_len, n_lines=args.lines,
-                                        kinds=tuple(args.kinds.split(",")), print_every=100)
+    kinds = tuple(args.kinds.split(","))
+    model, _, report = pretrain_tiny_lm(steps=args.steps, seq_len=args.seq_len, n_lines=args.lines, kinds=kinds,
+                                        print_every=100)
     save_llm(model, args.out)
     summary = {"steps": args.steps, "kinds": args.kinds, "seq_len": args.seq_len, "lines": args.lines,
                "minutes": (time.perf_counter() - start) / 60, "heldout_loss_before": report["heldout_loss_before"],
                "heldout_loss_after": report["heldout_loss_after"], "samples_after": report["samples_after"]}
-    if "scene" in args.kinds.split(","):
+    if "scene" in kinds:
         summary["scene_text"] = scene_text_scores(model, MolmoTokenizer.tiny())
     (args.out / "pretrain.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))

@@ -210,6 +210,15 @@ def scene_questions(objects: list[SceneObject], label: str, singular: str, point
 SCENE_QUESTION_WEIGHTS = (0.35, 0.35, 0.1, 0.1, 0.1)
 
 
+def scene_prompt(prompt: str, objects: list[SceneObject], question_first: bool = True) -> str:
+    """A chat prompt (' User: {q} Assistant:') with the scene as text where the image tokens would be: after the
+    question (the oracle harness's question-first layout) or before it (Molmo's)."""
+    if not question_first:
+        return scene_text(objects) + prompt
+    user, assistant = prompt.rsplit(" Assistant:", 1)
+    return f"{user}{scene_text(objects)} Assistant:{assistant}"
+
+
 def scene_line(rng: np.random.Generator, question_first: bool = True) -> str:
     """One scene of chapter 07's world (``pointing_example``: 0-10 of a class among 0-6 others) as text with one
     question: ' User: {q} Scene: ... Assistant: {a}' (the oracle harness's question-first layout), or with
@@ -219,7 +228,4 @@ def scene_line(rng: np.random.Generator, question_first: bool = True) -> str:
     questions = scene_questions(meta["objects"], meta["label"], meta["label"][:-1], meta["points"], rng)
     message = questions[int(rng.choice(len(questions), p=SCENE_QUESTION_WEIGHTS))]
     ((prompt, answer),) = format_messages([message], rng)
-    user, assistant = prompt.rsplit(" Assistant:", 1)
-    scene = scene_text(meta["objects"])
-    body = f"{user}{scene} Assistant:{assistant}" if question_first else f"{scene}{prompt}"
-    return f"{body} {answer}"
+    return f"{scene_prompt(prompt, meta['objects'], question_first)} {answer}"
