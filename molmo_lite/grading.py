@@ -114,6 +114,29 @@ def clear_markdown_solution(source: str) -> str:
     return MARKDOWN_SOLUTION.sub("", source)
 
 
+def nbgrader_cell_metadata(cell: nbformat.NotebookNode) -> dict:
+    """nbgrader's metadata (schema 3) for one cell of a solutions notebook, so that the notebook is also an nbgrader
+    source notebook: a code cell with a ``### BEGIN SOLUTION`` region is an autograded answer (``solution``; the
+    course's checks grade it, so no points here), a markdown cell with a ``<!-- BEGIN SOLUTION -->`` region a manually
+    graded answer (``solution`` and ``grade``, 1 point: a written answer an instructor reads), every other cell
+    read-only (``locked``). The grade_id is the cell's id, unique in its notebook."""
+    code = cell.cell_type == "code" and SOLUTION_BEGIN in cell.source
+    written = cell.cell_type == "markdown" and MARKDOWN_SOLUTION.search(cell.source) is not None
+    meta = {"grade": written, "grade_id": f"cell-{cell.id}", "locked": not (code or written), "schema_version": 3,
+            "solution": code or written, "task": False}
+    if written:
+        meta["points"] = 1
+    return meta
+
+
+def with_nbgrader_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of a solutions notebook whose every cell carries ``nbgrader_cell_metadata``."""
+    marked = copy.deepcopy(nb)
+    for cell in marked.cells:
+        cell.metadata["nbgrader"] = nbgrader_cell_metadata(cell)
+    return marked
+
+
 def make_exercise(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Return a copy of a solutions notebook with the answers removed and every output and execution count cleared."""
     exercise = copy.deepcopy(nb)
@@ -135,14 +158,20 @@ def _exercise_pairs(solutions_dir: str | Path, exercises_dir: str | Path) -> Ite
 
 
 def write_exercises(solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "exercises") -> list[Path]:
-    """Generate ``exercises_dir/NN_name_exercises.ipynb`` from each ``solutions_dir/NN_name_exercises.ipynb``.
+    """Generate ``exercises_dir/NN_name_exercises.ipynb`` from each ``solutions_dir/NN_name_exercises.ipynb``, and
+    write nbgrader's cell metadata into the solutions notebook where it is missing or stale.
 
     Returns the paths written.
     """
     Path(exercises_dir).mkdir(parents=True, exist_ok=True)
     written = []
     for solution, exercise in _exercise_pairs(solutions_dir, exercises_dir):
-        nbformat.write(make_exercise(nbformat.read(solution, as_version=4)), exercise)
+        nb = nbformat.read(solution, as_version=4)
+        marked = with_nbgrader_metadata(nb)
+        if marked != nb:
+            nbformat.write(marked, solution)
+            written.append(solution)
+        nbformat.write(make_exercise(marked), exercise)
         written.append(exercise)
     return written
 
@@ -155,7 +184,8 @@ def _cell_contents(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
 def exercises_up_to_date(
     solutions_dir: str | Path = "solutions", exercises_dir: str | Path = "exercises"
 ) -> list[Path]:
-    """Exercise notebooks that differ from what ``write_exercises`` would generate now (missing ones included).
+    """Exercise notebooks that differ from what ``write_exercises`` would generate now (missing ones included), and
+    solutions notebooks whose nbgrader metadata is missing or stale.
 
     An exercise notebook without a solution notebook is stale too: exercises are generated, never hand-written.
     An empty list means up to date.
@@ -164,7 +194,10 @@ def exercises_up_to_date(
     expected = set()
     for solution, exercise in _exercise_pairs(solutions_dir, exercises_dir):
         expected.add(exercise.name)
-        generated = make_exercise(nbformat.read(solution, as_version=4))
+        nb = nbformat.read(solution, as_version=4)
+        if with_nbgrader_metadata(nb) != nb:  # its nbgrader metadata missing or stale
+            stale.append(solution)
+        generated = make_exercise(nb)
         if not exercise.exists() or _cell_contents(nbformat.read(exercise, as_version=4)) != _cell_contents(generated):
             stale.append(exercise)
     orphans = [p for p in sorted(Path(exercises_dir).glob(NOTEBOOK_GLOB)) if p.name not in expected]

@@ -7,6 +7,8 @@ Every grade_notebook call starts a kernel (2-3 s), so each notebook is graded on
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ from molmo_lite.grading import (
     grade_batch,
     grade_notebook,
     make_exercise,
+    nbgrader_cell_metadata,
     notebook_chapter,
     write_exercises,
 )
@@ -134,20 +137,62 @@ def test_write_exercises_and_staleness(tmp_path):
     solutions, exercises = tmp_path / "solutions", tmp_path / "exercises"
     solutions.mkdir()
     solved = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"
-    _write_notebook(solutions / "99_demo_exercises.ipynb", solved)
-    assert exercises_up_to_date(solutions, exercises) == [exercises / "99_demo_exercises.ipynb"]  # missing
+    solution, exercise = solutions / "99_demo_exercises.ipynb", exercises / "99_demo_exercises.ipynb"
+    _write_notebook(solution, solved, "f()")
+    assert exercises_up_to_date(solutions, exercises) == [solution, exercise]  # no nbgrader metadata; no exercise
 
-    assert write_exercises(solutions, exercises) == [exercises / "99_demo_exercises.ipynb"]
+    assert write_exercises(solutions, exercises) == [solution, exercise]  # the metadata written into the solution
     assert exercises_up_to_date(solutions, exercises) == []
+    assert write_exercises(solutions, exercises) == [exercise]  # a current solution is left as it is
+    marked = nbformat.read(solution, as_version=4)
+    assert [c.metadata["nbgrader"]["solution"] for c in marked.cells] == [True, False]
 
-    edited = nbformat.read(exercises / "99_demo_exercises.ipynb", as_version=4)
+    edited = nbformat.read(exercise, as_version=4)
     edited.cells[0].source += "\n# hand edit"
-    nbformat.write(edited, exercises / "99_demo_exercises.ipynb")
-    (exercises / "98_orphan_exercises.ipynb").write_text((exercises / "99_demo_exercises.ipynb").read_text())
-    assert exercises_up_to_date(solutions, exercises) == [
-        exercises / "99_demo_exercises.ipynb",
-        exercises / "98_orphan_exercises.ipynb",
-    ]
+    nbformat.write(edited, exercise)
+    (exercises / "98_orphan_exercises.ipynb").write_text(exercise.read_text())
+    assert exercises_up_to_date(solutions, exercises) == [exercise, exercises / "98_orphan_exercises.ipynb"]
+
+    marked.cells[1].metadata["nbgrader"]["locked"] = False  # an instructor's edit nbgrader would not match
+    nbformat.write(marked, solution)
+    assert solution in exercises_up_to_date(solutions, exercises)
+
+
+def test_nbgrader_metadata_marks_answers_and_locks_the_rest():
+    code = new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION")
+    written = new_markdown_cell("Why? *(write it here)*\n\n<!-- BEGIN SOLUTION -->\nBecause.\n<!-- END SOLUTION -->")
+    told, test = new_markdown_cell("## Exercise 1"), new_code_cell("assert f() == 1")
+    metas = [nbgrader_cell_metadata(c) for c in (code, written, told, test)]
+    assert [(m["solution"], m["grade"], m["locked"]) for m in metas] == [
+        (True, False, False),  # autograded answer: the course's checks grade it
+        (True, True, False),  # manually graded answer: an instructor reads it
+        (False, False, True), (False, False, True)]  # read-only
+    assert metas[1]["points"] == 1 and "points" not in metas[0]
+    assert len({m["grade_id"] for m in metas}) == 4 and all(m["schema_version"] == 3 for m in metas)
+
+
+def test_nbgrader_generate_assignment_writes_the_course_exercises(tmp_path):
+    """The solutions notebooks are nbgrader source notebooks: nbgrader's own ``generate_assignment``, told the course's
+    code stub and an empty text stub (INSTRUCTORS.md, "nbgrader"), writes exactly the cells of exercises/. It also
+    validates the cell metadata (a solution region outside a solution cell, or a duplicate grade_id, is an error)."""
+    source = tmp_path / "source" / "molmo_lite"
+    source.mkdir(parents=True)
+    for solution in SOLUTIONS:
+        shutil.copy(solution, source)
+    (tmp_path / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.ClearSolutions.code_stub = {{'python': {EXERCISE_LINE!r}}}\n"
+        "c.ClearSolutions.text_stub = ''\n")
+    # nbgrader runs alembic (its gradebook) as a command: this interpreter's scripts must be on the PATH
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    run = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "molmo_lite", "--force"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for solution in SOLUTIONS:
+        released = nbformat.read(tmp_path / "release" / "molmo_lite" / solution.name, as_version=4)
+        ours = nbformat.read(EXERCISES_DIR / solution.name, as_version=4)
+        assert [(c.cell_type, c.source) for c in released.cells] == [(c.cell_type, c.source) for c in ours.cells], (
+            solution.name)
 
 
 def test_chapter_comes_from_metadata_then_file_name():

@@ -1,10 +1,11 @@
 """Chapter 13 exercise checks: the released Molmo 1 layout, compared with molmo_lite.released.
 
-split_att_proj and split_ff_proj against the package's own (which tests/test_released.py checks against transformers'
-Molmo2 loader); block_state against the parameters of an LLM whose released tensors were made with the package's
-name map; released_bytes against chapter 11's footprint_table, which counts molmo_lite's modules instead of the
-released names; image_attention_mask against molmo_lite.llm.build_mask, whose Molmo2 rule tests/test_molmo2.py checks
-against transformers' Molmo2ForConditionalGeneration.
+split_att_proj against the package's own (which tests/test_released.py checks against transformers' Molmo2 loader);
+find_ff_halves with the activations of Molmo's remote code and of transformers' Phi-3, which stack up and gate in
+opposite orders; block_state against the parameters of an LLM whose released tensors were made with the package's
+name map; kv_cache_bytes against the buffers molmo_lite.llm.KVCache allocates; image_attention_mask against
+molmo_lite.llm.build_mask, whose Molmo2 rule tests/test_molmo2.py checks against transformers'
+Molmo2ForConditionalGeneration.
 """
 
 from __future__ import annotations
@@ -83,31 +84,67 @@ def check_split_att_proj(namespace: dict) -> None:
     _compare_on_cases("split_att_proj", ("fused", "heads", "kv_heads", "head_dim"), student, reference, cases,
                       _with_hint(_parts_mismatch))
 
-
 # ---------------------------------------------------------------------------------------------------------------------
-# Exercise 2: split_ff_proj
+# Exercise 2: find_ff_halves, which half is the gate, by experiment
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@check(CHAPTER, "split_ff_proj")
-def check_split_ff_proj(namespace: dict) -> None:
-    """split_ff_proj(fused) equals molmo_lite.released.split_ff_proj (up first, then gate) on 6 fused MLP weights;
-    returning (gate, up) fails with a hint."""
+def _molmo_activation(h):
+    """Molmo's remote code on its fused ff_proj output: up first, then gate."""
+    import torch.nn.functional as F
+
+    x, gate = h.chunk(2, dim=-1)
+    return F.silu(gate) * x
+
+
+def _phi3_activation(h):
+    """transformers' Phi3MLP on its fused gate_up_proj output: gate first, then up."""
+    import torch.nn.functional as F
+
+    gate, up = h.chunk(2, dim=-1)
+    return up * F.silu(gate)
+
+
+class _Activation:
+    """A codebase's activation that failure messages name instead of printing a function's address."""
+
+    def __init__(self, fn, label: str):
+        self.fn, self.label = fn, label
+
+    def __call__(self, h):
+        return self.fn(h)
+
+    def __repr__(self) -> str:
+        return self.label
+
+
+@check(CHAPTER, "find_ff_halves")
+def check_find_ff_halves(namespace: dict) -> None:
+    """find_ff_halves(fused, activation) returns (up, gate) as the codebase stacks them, on 5 fused weights with
+    Molmo's activation (up first: molmo_lite.released.split_ff_proj's order) and 5 with Phi-3's (gate first);
+    always Molmo's order, or always the other, fails with a hint."""
     import torch
 
     from molmo_lite.released import split_ff_proj
 
     gen = _torch_generator(132)
-    cases = [(torch.randn(2 * hidden, width, generator=gen),) for hidden, width in
-             ((96, 64), (3, 5), (1, 1), (384, 128), (18944, 2), (7, 11))]
+    molmo = _Activation(_molmo_activation, "<Molmo's activation: x, gate = h.chunk(2); silu(gate) * x>")
+    phi3 = _Activation(_phi3_activation, "<Phi-3's activation: gate, up = h.chunk(2); up * silu(gate)>")
+    cases = [(torch.randn(2 * inner, width, generator=gen), activation)
+             for inner, width in ((96, 64), (3, 5), (384, 128), (7, 11), (2, 3)) for activation in (molmo, phi3)]
 
-    def reference(fused):
-        up, gate = split_ff_proj(fused)
-        return (up, gate), {"the halves swapped: ff_proj holds up FIRST, then gate (the remote code's activation "
-                            "does x, gate = chunk(2) and returns silu(gate) * x)": (gate, up)}
+    def reference(fused, activation):
+        first, second = split_ff_proj(fused)  # Molmo's order: (up, gate)
+        right = (first, second) if activation is molmo else (second, first)
+        wrong = (second, first) if activation is molmo else (first, second)
+        hint = ("the halves swapped for this codebase: find the order by comparing silu(x @ gate.T) * (x @ up.T) "
+                "with activation(x @ fused.T) for some x, for each way of reading the halves")
+        return right, {hint: wrong}
 
-    student = _student_function(namespace, "split_ff_proj")
-    _compare_on_cases("split_ff_proj", ("fused",), student, reference, cases, _with_hint(_parts_mismatch))
+    student = _student_function(namespace, "find_ff_halves")
+    _compare_on_cases("find_ff_halves", ("fused", "activation"), student, reference, cases,
+                      _with_hint(_parts_mismatch))
+
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,62 +229,43 @@ def check_block_state(namespace: dict) -> None:
     student = _student_function(namespace, "block_state")
     _compare_on_cases("block_state", ("released", "i", "llm"), student, reference, cases, _state_mismatch)
 
-
 # ---------------------------------------------------------------------------------------------------------------------
-# Exercise 4: released_bytes, memory from the shapes
+# Exercise 4: kv_cache_bytes, the memory generation adds
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _fused_nf4_bytes(config) -> int:
-    """The NF4 count with att_proj and ff_proj quantized as ONE matrix each (not as molmo_lite holds them)."""
-    import math
-    import re
+@check(CHAPTER, "kv_cache_bytes")
+def check_kv_cache_bytes(namespace: dict) -> None:
+    """kv_cache_bytes(llm, tokens, batch, bytes_per_number) equals the bytes of the buffers molmo_lite.llm.KVCache
+    allocates (on the meta device, so nothing is allocated) for 10 cases: Molmo-7B-D (grouped-query), Molmo-7B-O
+    (as many key/value heads as query heads), the tiny preset and a head_dim set apart from hidden / heads, in bf16
+    and fp32, batch 1 and 4. Keys only, the query heads instead of the key/value heads, or hidden instead of
+    kv_heads * dim_per_head fail with hints."""
+    import torch
 
-    from molmo_lite.quantize import quantized_weight_bytes
-    from molmo_lite.released import released_shapes
+    from molmo_lite.config import MOLMO_PRESETS, LLMConfig
+    from molmo_lite.llm import KVCache
 
-    total = 0
-    for key, shape in released_shapes(config).items():
-        if re.search(r"transformer\.blocks\.\d+\.(att_proj|attn_out|ff_proj|ff_out)\.weight$", key):
-            total += quantized_weight_bytes(shape[0], shape[1], "nf4")
-        else:
-            total += 2 * math.prod(shape)
-    return total
+    llms = [_labelled(MOLMO_PRESETS["molmo-7b-d"].llm, "<Molmo-7B-D's LLMConfig>"),
+            _labelled(MOLMO_PRESETS["molmo-7b-o"].llm, "<Molmo-7B-O's LLMConfig>"),
+            _labelled(MOLMO_PRESETS["tiny"].llm, "<the tiny preset's LLMConfig>"),
+            _labelled(LLMConfig(vocab_size=64, hidden=32, layers=3, heads=2, kv_heads=1, head_dim=24,
+                                intermediate=16), "<LLMConfig: hidden 32, 2 heads of 24, 1 kv head, 3 layers>")]
+    cases = [(llms[0], 4096, 1, 2), (llms[0], 1000, 4, 4), (llms[1], 4096, 1, 2), (llms[1], 7, 4, 4),
+             (llms[2], 300, 1, 4), (llms[2], 1, 4, 2), (llms[3], 50, 1, 2), (llms[3], 33, 4, 4),
+             (llms[1], 1, 1, 2), (llms[0], 1, 1, 4)]
+    dtypes = {2: torch.bfloat16, 4: torch.float32}
 
-
-@check(CHAPTER, "released_bytes")
-def check_released_bytes(namespace: dict) -> None:
-    """released_bytes(config, fmt) equals the total of chapter 11's footprint_table(config)[fmt] (which counts
-    molmo_lite's modules, not the released names) for fp32, bf16 and nf4 on 5 geometries: Molmo-7B-D, Molmo-7B-O,
-    the course's tiny preset and two tiny released-like ones."""
-    from molmo_lite.config import (MOLMO_PRESETS, ConnectorConfig, LLMConfig, MolmoConfig, PreprocessorConfig,
-                                   VisionConfig)
-    from molmo_lite.quantize import footprint_table
-
-    vision = VisionConfig(image_size=56, patch_size=14, width=32, layers=11, heads=2, mlp_width=64, act="quick_gelu",
-                          num_layers_used=10, feature_layers=(-2, -9), output_dim=None)
-    pre = PreprocessorConfig(crop_size=56, patch_size=14, max_crops=4, overlap_margins=(1, 1))
-    d_llm = LLMConfig(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, qkv_bias=True)
-    o_llm = LLMConfig(vocab_size=520, hidden=64, layers=3, heads=4, kv_heads=4, intermediate=80, qk_norm=True,
-                      norm_after=True)
-    tiny_like = [MolmoConfig(preprocessor=pre, vision=vision, llm=llm,
-                             connector=ConnectorConfig(input_dim=64, pool_dim=32, heads=2, head_dim=16,
-                                                       hidden_dim=llm.intermediate, llm_dim=64))
-                 for llm in (d_llm, o_llm)]
-    configs = [_labelled(MOLMO_PRESETS["molmo-7b-d"], "<Molmo-7B-D>"), _labelled(MOLMO_PRESETS["molmo-7b-o"],
-               "<Molmo-7B-O>"), _labelled(MOLMO_PRESETS["tiny"], "<the tiny preset>"),
-               _labelled(tiny_like[0], "<a tiny 7B-D-like MolmoConfig>"),
-               _labelled(tiny_like[1], "<a tiny 7B-O-like MolmoConfig>")]
-    cases = [(config, fmt) for config in configs for fmt in ("fp32", "bf16", "nf4")]
-    totals = {id(c): footprint_table(c)[-1] for c in configs}
-
-    def reference(config, fmt):
-        total = totals[id(config)]
-        wrong = {"bf16 for everything: in the nf4 format the LLM's projections are 4-bit": total["bf16"]}
-        if fmt == "nf4":
-            wrong["att_proj and ff_proj quantized as one matrix each: molmo_lite quantizes q, k, v, up and gate "
-                  "separately, each with its own blocks and tables"] = _fused_nf4_bytes(config)
-        return total[fmt], wrong
+    def reference(llm, tokens, batch, bytes_per_number):
+        cache = KVCache(llm, batch, tokens, device="meta", dtype=dtypes[bytes_per_number])
+        total = sum(t.nelement() * t.element_size() for t in cache.keys + cache.values)
+        per = llm.layers * tokens * batch * bytes_per_number
+        wrong = {"the keys alone: the cache keeps a key AND a value per head": total // 2,
+                 "the query heads: keys and values exist only for the key/value heads (grouped-query attention "
+                 "shares each among several query heads)": 2 * llm.heads * llm.dim_per_head * per,
+                 "hidden per token: a layer keeps kv_heads * dim_per_head numbers for the keys (and as many for the "
+                 "values), which is hidden only without grouped-query attention": 2 * llm.hidden * per}
+        return total, {k: v for k, v in wrong.items() if v != total}
 
     def mismatch(got, expected):
         try:
@@ -256,8 +274,10 @@ def check_released_bytes(namespace: dict) -> None:
             same = False
         return None if same else f"returned {got!r}, expected {expected:,} bytes"
 
-    student = _student_function(namespace, "released_bytes")
-    _compare_on_cases("released_bytes", ("config", "fmt"), student, reference, cases, _with_hint(mismatch))
+    student = _student_function(namespace, "kv_cache_bytes")
+    _compare_on_cases("kv_cache_bytes", ("llm", "tokens", "batch", "bytes_per_number"), student, reference, cases,
+                      _with_hint(mismatch))
+
 
 
 # ---------------------------------------------------------------------------------------------------------------------
