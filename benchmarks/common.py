@@ -23,6 +23,7 @@ PAGES: dict[str, Path] = {
     **dict.fromkeys(("course_run", "recipes", "preprocess", "decode", "train", "data", "quantize", "load",
                      "distributed", "summary"), BENCHMARKS_PAGE),
     "oracle": RECIPES_PAGE,
+    "pointing_only": RECIPES_PAGE,
 }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine_info, replace_block
+from benchmarks.common import machine_info, page, replace_block
 from molmo_lite.oracle import OracleConfig, train_oracle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,36 +114,42 @@ def run(name: str, minutes: float, heldout: int, evals: int, threads: int = 2, s
         record["config"]["lm_init"] = CONFIGS[name][1]["lm_init"]  # the repository's path, not this machine's
         record["pretrain"] = summary
     record.update(name=name, lever=lever, machine=machine_info())
-    results = json.loads(OUT.read_text()) if OUT.exists() else {}
-    key = record_key(name, minutes, seed)
+    return save_record(OUT, record_key(name, minutes, seed), record)
+
+
+def save_record(out: Path, key: str, record: dict) -> dict:
+    """Write ``record`` under ``key`` into the JSON ``out``; a rerun replaces the record and keeps the earlier
+    headline under "previous_runs" (shared with benchmarks/pointing_only.py)."""
+    results = json.loads(out.read_text()) if out.exists() else {}
     if key in results:
         old = results[key]
         previous = old.pop("previous_runs", [])
         record["previous_runs"] = previous + [{k: old[k] for k in ("train_minutes", "steps")} | {
             "pointing_f1": old["final"]["pointing_f1"], "counting_exact": old["final"]["counting_exact"]}]
     results[key] = record
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
     return record
 
 
-def table(results: dict[str, dict]) -> str:
-    """The Markdown table of docs/recipes.md: one row per run, in CONFIGS' order (longer budgets after the 10-minute
-    row of the same configuration)."""
+def table(results: dict[str, dict], configs: dict[str, tuple[str, dict]] = CONFIGS) -> str:
+    """The Markdown table of docs/recipes.md: one row per run, in ``configs``' order (longer budgets and other seeds
+    after the 10-minute row of the same configuration)."""
     buckets = ("0-0", "1-3", "4-7", "8-10")
     rows = ["| configuration | what it changes | train min | steps | pointing F1 | counting exact | F1 by targets "
             "0 / 1-3 / 4-7 / 8-10 | shuffled images F1 | F1 along the curve (minutes) |",
             "|---|---|---|---|---|---|---|---|---|"]
     def order(item):
         r = item[1]
-        return list(CONFIGS).index(r["name"]), round(r["train_minutes"]), r["config"].get("seed", 0)
+        return list(configs).index(r["name"]), round(r["train_minutes"]), r["config"].get("seed", 0)
 
     for key, r in sorted(results.items(), key=order):
         seed = r["config"].get("seed", 0)
-        lever = CONFIGS[r["name"]][0] if key == r["name"] else ", ".join(
+        lever = configs[r["name"]][0] if key == r["name"] else ", ".join(
             [r["name"]] + ([f"{r['train_minutes']:.0f} minutes"] if round(r["train_minutes"]) != 10 else [])
             + ([f"seed {seed}"] if seed else []))
-        by = " / ".join(f"{r['final']['by_count'][b]['f1']:.2f}" for b in buckets)
+        by = " / ".join(f"{r['final']['by_count'][b]['f1']:.2f}" if b in r["final"]["by_count"] else "-"
+                        for b in buckets)
         curve = ", ".join(f"{c['pointing_f1']:.2f} ({c['minutes']:.0f})" for c in r["curve"])
         rows.append(f"| {key} | {lever} | {r['train_minutes']:.1f} | {r['steps']} | "
                     f"{r['final']['pointing_f1']:.2f} | {r['final']['counting_exact']:.2f} | {by} | "
@@ -151,9 +157,13 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", nargs="?", default=DEFAULT, choices=sorted(CONFIGS))
+def harness_main(argv: list[str] | None, doc: str, configs: dict[str, tuple[str, dict]], default: str,
+                 run_fn, out: Path, block: str) -> dict | None:
+    """The command line both harnesses share: NAME [--minutes --heldout --evals --seed], --list, --table. Runs
+    ``run_fn(name, minutes, heldout, evals, seed=seed)`` and rewrites the table between ``block``'s markers of its
+    page from ``out``; -> the run's record (None for --list and --table)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", default=default, choices=sorted(configs))
     parser.add_argument("--minutes", type=float, default=10.0, help="training minutes (default 10)")
     parser.add_argument("--heldout", type=int, default=200, help="held-out scenes (default 200)")
     parser.add_argument("--evals", type=int, default=5, help="evaluations during training (default 5)")
@@ -162,17 +172,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", action="store_true", help="rewrite the table of docs/recipes.md from the JSON")
     args = parser.parse_args(argv)
     if args.list:
-        for name, (lever, _) in CONFIGS.items():
+        for name, (lever, _) in configs.items():
             print(f"{name:<20} {lever}")
-        return
+        return None
+    record = None
     if not args.table:
         torch.set_num_threads(2)
-        r = run(args.name, args.minutes, args.heldout, args.evals, seed=args.seed)
-    replace_block("oracle", table(json.loads(OUT.read_text())), PAGE)
-    if args.table:
-        return
-    print(f"oracle: pointing_f1={r['final']['pointing_f1']:.3f} counting_exact={r['final']['counting_exact']:.3f} "
-          f"train_minutes={r['train_minutes']:.2f} heldout={r['heldout']}")
+        record = run_fn(args.name, args.minutes, args.heldout, args.evals, seed=args.seed)
+    replace_block(block, table(json.loads(out.read_text()), configs), page(block))
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    r = harness_main(argv, __doc__, CONFIGS, DEFAULT, run, OUT, "oracle")
+    if r:
+        print(f"oracle: pointing_f1={r['final']['pointing_f1']:.3f} counting_exact={r['final']['counting_exact']:.3f} "
+              f"train_minutes={r['train_minutes']:.2f} heldout={r['heldout']}")
 
 
 if __name__ == "__main__":

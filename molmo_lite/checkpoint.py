@@ -35,8 +35,22 @@ def read_config(directory: Path, section: str, config_class: type[C]) -> C:
 
 
 def load_weights(model: nn.Module, directory: Path) -> nn.Module:
-    """Load ``directory``'s weights into ``model`` (strict) and put it in eval mode."""
-    model.load_state_dict(load_file(Path(directory) / "model.safetensors"))
+    """Load ``directory``'s weights into ``model`` (strict) and put it in eval mode. A file that safetensors cannot
+    read (truncated, damaged, not safetensors) or whose tensors do not fit the model (names, shapes) is a ValueError
+    that says which file and what is wrong."""
+    path = Path(directory) / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"no weights at {path}")
+    try:
+        state = load_file(path)
+    except Exception as err:  # safetensors' own error types differ between versions
+        raise ValueError(f"{path} ({path.stat().st_size:,} bytes) cannot be read as safetensors: it is truncated or "
+                         f"damaged ({type(err).__name__}: {err}). Rebuild it with the command that made it, or "
+                         "restore it (git checkout for a shipped backbone).") from err
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"the tensors of {path} do not fit the model its config.json describes: {err}") from err
     return model.eval()
 
 

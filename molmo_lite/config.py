@@ -255,6 +255,9 @@ class MolmoConfig:
     z_loss: weight of Molmo's z-loss, ``z_loss * logsumexp(logits)^2`` per loss token (Molmo trains with 1e-4; 0 = off).
     image_attention: "causal" (Molmo 1: every token sees only the tokens before it) or "bidirectional" (Molmo2: the
                tokens of the images' layout, IMAGE_LAYOUT_TOKENS, all see one another; the text stays causal).
+    question_first: False (Molmo: [BOS] image question answer) or True (the course's tiny models: [BOS] " User: Q"
+               image " Assistant:" answer, so that the image tokens of a causal LLM can read the question; the oracle
+               harness measured why, docs/recipes.md "Eyes or brain"). ``prompts.generation_prompt_ids`` lays it out.
     """
 
     preprocessor: PreprocessorConfig = PreprocessorConfig()
@@ -264,6 +267,7 @@ class MolmoConfig:
     tokenizer: str = "tiny"
     z_loss: float = 0.0
     image_attention: str = "causal"
+    question_first: bool = False
 
     def __post_init__(self):
         if self.image_attention not in ("causal", "bidirectional"):

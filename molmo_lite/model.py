@@ -233,12 +233,13 @@ class MolmoLite(nn.Module):
     def generate_ids(self, images: Sequence[ImageLike | ImageInputs | None], prompts: Sequence[str],
                      max_new_tokens: int = 32, use_cache: bool = True) -> torch.Tensor:
         """Greedy answers as ids [B, max_new_tokens] (EOS repeated after the end). Each row: [BOS] + its image's
-        tokens + its prompt, left-padded; every image is encoded once, in one ViT call for the whole batch."""
+        tokens + its prompt (the question before the image with ``config.question_first``), left-padded; every image is encoded once, in one ViT call for the whole batch."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts (use None for a text-only prompt)")
         inputs = self.prepare_images(images)
         tok = self.tokenizer
-        rows = [generation_prompt_ids(tok, p, () if im is None else im.tokens) for im, p in zip(inputs, prompts)]
+        rows = [generation_prompt_ids(tok, p, () if im is None else im.tokens, self.config.question_first)
+                for im, p in zip(inputs, prompts)]
         width = max(len(r) for r in rows)
         device = self.llm.embed.base.weight.device
         ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long, device=device)

@@ -47,7 +47,7 @@ from .pointing import (
     parse_points,
     pointing_metrics,
 )
-from .prompts import IGNORE_INDEX, format_messages, pack, subsegment_mask
+from .prompts import IGNORE_INDEX, format_messages, generation_prompt_ids, pack, subsegment_mask
 from .tokenizer import MolmoTokenizer
 
 COUNT_BUCKETS = ((0, 0), (1, 3), (4, 7), (8, 10))  # F1 by the number of targets in the scene
@@ -243,10 +243,6 @@ def image_tokens(grid: int) -> list[str]:
     return [start] + ([patch] * grid + [col]) * grid + [end]
 
 
-def image_ids(tokenizer: MolmoTokenizer, grid: int) -> list[int]:
-    return [tokenizer.token_to_id(t) for t in image_tokens(grid)]
-
-
 def annotation(example: Example, which: int, rng: np.random.Generator | None = None) -> tuple[str, str]:
     """(prompt, answer) of the example's annotation ``which`` (0 pointing, 1 counting, 2 pointing at another
     class), formatted as Molmo does (a style prefix 10% of the time with an rng, never without)."""
@@ -260,16 +256,10 @@ def build_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], which: S
     attention_mask, targets (the answer and EOS; IGNORE_INDEX elsewhere), features (with ``match_bit``, one more
     column: ``match_column``), patch_positions."""
     patch = tokenizer.token_to_id(IMAGE_TOKENS[2])
-    layout = image_ids(tokenizer, grid)
     rows, targets, positions = [], [], []
     for ex, k in zip(examples, which):
         prompt, answer = annotation(ex, k, rng)
-        if question_first:
-            user, assistant = prompt.rsplit(" Assistant:", 1)
-            before, after = tokenizer.encode(user), tokenizer.encode(" Assistant:" + assistant)
-        else:
-            before, after = [], tokenizer.encode(prompt)
-        ids = [tokenizer.bos_id] + before + layout + after  # EOS as BOS for the tiny BPE, as Molmo
+        ids = generation_prompt_ids(tokenizer, prompt, image_tokens(grid), question_first)  # EOS is the tiny BPE's BOS
         answer_ids = tokenizer.encode(" " + answer) + [tokenizer.eos_id] if with_answer else []
         positions.append([i for i, t in enumerate(ids) if t == patch])
         targets.append([IGNORE_INDEX] * len(ids) + answer_ids)
@@ -316,7 +306,7 @@ def loss_of(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
                            reduction=reduction)
 
 
-def length_chunks(batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.Tensor]]:
+def length_chunks(batch: dict, chunks: int) -> list[dict]:
     """A right-padded training batch (``build_batch``) -> ``chunks`` smaller ones of rows of similar length, each cut
     to its own longest row, without the padding mask: under the causal mask a real token never sees the padding
     after it, and padded positions carry no target. A step of 16 scenes is about 37% padding (answers run from
@@ -325,8 +315,11 @@ def length_chunks(batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str,
     parts = []
     for rows in torch.argsort(lengths).chunk(chunks):
         longest = int(lengths[rows].max())
-        parts.append({"input_ids": batch["input_ids"][rows, :longest], "targets": batch["targets"][rows, :longest],
-                      "features": batch["features"][rows], "patch_positions": batch["patch_positions"][rows]})
+        part = {"input_ids": batch["input_ids"][rows, :longest], "targets": batch["targets"][rows, :longest]}
+        for key, value in batch.items():  # per-row extras: the oracle's features, the real path's images
+            if key not in ("input_ids", "targets", "attention_mask"):
+                part[key] = value[rows] if isinstance(value, torch.Tensor) else [value[int(r)] for r in rows]
+        parts.append(part)
     return parts
 
 
@@ -371,14 +364,10 @@ def shuffled_scenes(examples: Sequence[Example]) -> list[Example]:
             for ex, other in zip(examples, seen)]
 
 
-def evaluate_oracle(model: OracleModel, tokenizer: MolmoTokenizer, examples: Sequence[Example],
-                    shuffled: bool = False) -> dict:
-    """Pointing F1 with its precision and recall (annotation 0), counting exact (annotation 1), F1 and counting by
-    number of targets (COUNT_BUCKETS) with the mean number of points written against the truth, F1 by the kind of
-    query (colour, shape, both). shuffled: every example reads the next one's image tokens (a control: the scores
-    then fall to what the question alone gives)."""
-    asked = shuffled_scenes(examples) if shuffled else list(examples)
-    pointed, counted = answers(model, tokenizer, asked, 0), answers(model, tokenizer, asked, 1)
+def score_answers(examples: Sequence[Example], pointed: Sequence[str], counted: Sequence[str]) -> dict:
+    """Pointing F1 with its precision and recall (answers to annotation 0), counting exact (annotation 1), F1 and
+    counting by number of targets (COUNT_BUCKETS) with the mean number of points written against the truth, F1 by
+    the kind of query (colour, shape, both), and three sample answers."""
     point_scores = [pointing_metrics(a, ex.meta["points"]) for a, ex in zip(pointed, examples)]
     count_scores = [counting_metrics(a, ex.meta["count"]) for a, ex in zip(counted, examples)]
     mean = average_pointing_metrics(point_scores)
@@ -401,6 +390,14 @@ def evaluate_oracle(model: OracleModel, tokenizer: MolmoTokenizer, examples: Seq
     return report
 
 
+def evaluate_oracle(model: OracleModel, tokenizer: MolmoTokenizer, examples: Sequence[Example],
+                    shuffled: bool = False) -> dict:
+    """``score_answers`` of the model's answers to annotations 0 (pointing) and 1 (counting). shuffled: every
+    example reads the next one's image tokens (a control: the scores then fall to what the question alone gives)."""
+    asked = shuffled_scenes(examples) if shuffled else list(examples)
+    return score_answers(examples, answers(model, tokenizer, asked, 0), answers(model, tokenizer, asked, 1))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Training.
 # --------------------------------------------------------------------------------------------------------------------
@@ -412,20 +409,58 @@ def lr_at(config: OracleConfig, step: int, progress: float) -> float:
     return config.lr * min(1.0, (step + 1) / config.warmup) * cosine
 
 
-def build_optimizer(model: OracleModel, config: OracleConfig) -> list[torch.optim.Optimizer]:
-    """AdamW (0.9, 0.95) for every parameter, or with ``optimizer="muon"``: torch's Muon (orthogonalised momentum,
-    its learning rate matched to AdamW's update size) for the 2-D weights inside the LLM's blocks and the
-    projector, AdamW for the embeddings, norms and biases (Muon is meant for hidden matrices only)."""
-    if config.optimizer == "adamw":
-        return [torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),
-                                  weight_decay=config.weight_decay)]
-    if config.optimizer != "muon":
+def build_optimizer(model: nn.Module, config, lr_by_prefix: dict[str, float] | None = None
+                    ) -> list[torch.optim.Optimizer]:
+    """AdamW (0.9, 0.95) for every parameter, or with ``config.optimizer == "muon"``: torch's Muon (orthogonalised
+    momentum, its learning rate matched to AdamW's update size) for the weight of every ``nn.Linear`` (the hidden
+    matrices: the LLM's blocks, the projector, the ViT's and the connector's layers), AdamW for the rest (embeddings,
+    norms, biases, convolutions; Muon is meant for hidden matrices only). lr_by_prefix: a learning rate for the
+    parameters whose name starts with a prefix (e.g. {"vision.": 1e-4}), ``config.lr`` for the others; 0 freezes
+    them. Each group keeps its peak rate under "base_lr" (the schedule scales it)."""
+    if config.optimizer not in ("adamw", "muon"):
         raise ValueError(f"optimizer must be 'adamw' or 'muon', got {config.optimizer!r}")
-    hidden, rest = [], []
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        (hidden if p.ndim == 2 and not name.startswith("llm.embed") else rest).append(p)
-    return [torch.optim.Muon(hidden, lr=config.lr, weight_decay=config.weight_decay, adjust_lr_fn="match_rms_adamw"),
-            torch.optim.AdamW(rest, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)]
+        lr = next((v for k, v in (lr_by_prefix or {}).items() if name.startswith(k)), config.lr)
+        if lr == 0:
+            p.requires_grad_(False)
+            continue
+        groups.setdefault((config.optimizer == "muon" and id(p) in linear, lr), []).append(p)
+    muon = [{"params": ps, "lr": lr, "base_lr": lr} for (is_muon, lr), ps in groups.items() if is_muon]
+    adamw = [{"params": ps, "lr": lr, "base_lr": lr} for (is_muon, lr), ps in groups.items() if not is_muon]
+    optimizers = []
+    if muon:
+        optimizers.append(torch.optim.Muon(muon, lr=config.lr, weight_decay=config.weight_decay,
+                                           adjust_lr_fn="match_rms_adamw"))
+    if adamw:
+        optimizers.append(torch.optim.AdamW(adamw, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay))
+    return optimizers
+
+
+def track_loss(losses: list[dict], window: list[float], loss: float, step: int, trained: float,
+               log: Callable[[str], None] | None) -> list[float]:
+    """The training loss of the last 50 steps, averaged into ``losses`` every 50 steps (printed every 100); -> the
+    window of losses still to average."""
+    window = window + [loss]
+    if step % 50:
+        return window
+    losses.append({"step": step, "minutes": round(trained / 60, 3), "loss": round(float(np.mean(window)), 4)})
+    if log and step % 100 == 0:
+        log(f"step {step}  {trained / 60:.1f} min  loss {losses[-1]['loss']:.3f} (mean of 50 steps)")
+    return []
+
+
+def curve_point(result: dict, step: int, trained: float, loss: float, log: Callable[[str], None] | None) -> dict:
+    """One point of a training curve from a ``score_answers`` report (printed when ``log``)."""
+    point = {"minutes": round(trained / 60, 2), "step": step, "loss": round(loss, 4),
+             "pointing_f1": round(result["pointing_f1"], 4), "counting_exact": round(result["counting_exact"], 4),
+             "by_count_f1": {k: round(v["f1"], 3) for k, v in result["by_count"].items()},
+             "by_query_f1": {k: round(v["f1"], 3) for k, v in result["by_query"].items()}}
+    if log:
+        log(f"eval  step {step}  {trained / 60:.1f} min  pointing F1 {result['pointing_f1']:.3f}  counting "
+            f"{result['counting_exact']:.3f}  by count {point['by_count_f1']}")
+    return point
 
 
 def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int | None = None, heldout: int = 200,
@@ -463,7 +498,7 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
                                 match_bit=config.match_bit)
         for opt in optimizers:
             for group in opt.param_groups:
-                group["lr"] = lr_at(config, step, progress)
+                group["lr"] = group["base_lr"] * lr_at(config, step, progress) / config.lr
         answer_tokens = int(batch["targets"].ne(IGNORE_INDEX).sum())
         model.zero_grad(set_to_none=True)
         if config.pack_annotations:
@@ -485,23 +520,10 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
             opt.step()
         trained += time.perf_counter() - t0
         step += 1
-        window.append(loss.item())
-        if step % 50 == 0:  # the training loss, averaged over 50 steps
-            losses.append({"step": step, "minutes": round(trained / 60, 3), "loss": round(float(np.mean(window)), 4)})
-            window = []
-            if log and step % 100 == 0:
-                log(f"step {step}  {trained / 60:.1f} min  loss {losses[-1]['loss']:.3f} (mean of 50 steps)")
+        window = track_loss(losses, window, float(loss), step, trained, log)
         if marks and (trained if minutes is not None else step) >= marks[0]:
             marks.pop(0)
-            result = evaluate_oracle(model, tokenizer, during)
-            curve.append({"minutes": round(trained / 60, 2), "step": step, "loss": round(loss.item(), 4),
-                          "pointing_f1": round(result["pointing_f1"], 4),
-                          "counting_exact": round(result["counting_exact"], 4),
-                          "by_count_f1": {k: round(v["f1"], 3) for k, v in result["by_count"].items()},
-                          "by_query_f1": {k: round(v["f1"], 3) for k, v in result["by_query"].items()}})
-            if log:
-                log(f"eval  step {step}  {trained / 60:.1f} min  pointing F1 {result['pointing_f1']:.3f}  counting "
-                    f"{result['counting_exact']:.3f}  by count {curve[-1]['by_count_f1']}")
+            curve.append(curve_point(evaluate_oracle(model, tokenizer, during), step, trained, float(loss), log))
     final = evaluate_oracle(model, tokenizer, held)
     shuffled = evaluate_oracle(model, tokenizer, during, shuffled=True)
     return {"config": asdict(config), "train_minutes": round(trained / 60, 3), "steps": step,

@@ -37,6 +37,7 @@ IMAGE_SEGMENT = 10000  # subsegment id of BOS and the image tokens (larger than 
 INFERENCE_CAPTION_HINT = 65  # Molmo's default length hint when asked for a caption
 NO_HINT_PROBABILITY = 0.1
 DEMO_STYLE_PREFIX_PROBABILITY = 0.1
+ASSISTANT = " Assistant:"  # where a user turn ends and the answer begins
 
 # Styles whose prefix is always written (the academic datasets) and styles written only 10% of the time (the demo data,
 # which users will query in plain words). From Molmo's data formatter; the list is not exhaustive.
@@ -79,7 +80,7 @@ def user_prompt(question: str, style: str | None = None, rng: np.random.Generato
     """One user turn as Molmo writes it: ' User: {style}: {question} Assistant:' (the style prefix per
     ``style_prefixed``)."""
     prefix = f"{style}: " if style_prefixed(style, rng) else ""
-    return f" User: {prefix}{question} Assistant:"
+    return f" User: {prefix}{question}{ASSISTANT}"
 
 
 def multiple_choice(question: str, options: Sequence[str], answer: int) -> tuple[str, str]:
@@ -194,9 +195,18 @@ def pack(tokenizer: Any, annotations: Sequence[Sequence[Turn]], image_tokens: Se
     )
 
 
-def generation_prompt_ids(tokenizer: Any, prompt: str, image_tokens: Sequence[str] = ()) -> list[int]:
-    """[BOS] + image tokens + the prompt's tokens: what the model reads before it writes its answer."""
-    return [tokenizer.bos_id] + [tokenizer.token_to_id(t) for t in image_tokens] + tokenizer.encode(prompt)
+def generation_prompt_ids(tokenizer: Any, prompt: str, image_tokens: Sequence[str] = (),
+                          question_first: bool = False) -> list[int]:
+    """What the model reads before it writes its answer: [BOS] + image tokens + the prompt's tokens (Molmo), or with
+    ``question_first`` [BOS] + the prompt up to its last " Assistant:" + image tokens + " Assistant:" and what follows
+    (the question before the image, ``MolmoConfig.question_first``); a prompt without " Assistant:" (a caption's
+    " long_caption 65:") then goes whole before the image. Without image tokens both are [BOS] + prompt."""
+    image = [tokenizer.token_to_id(t) for t in image_tokens]
+    if question_first and image:
+        user, assistant = prompt.rsplit(ASSISTANT, 1) if ASSISTANT in prompt else (prompt, None)
+        after = [] if assistant is None else tokenizer.encode(ASSISTANT + assistant)
+        return [tokenizer.bos_id] + tokenizer.encode(user) + image + after
+    return [tokenizer.bos_id] + image + tokenizer.encode(prompt)
 
 
 def subsegment_mask(subsegment_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..pointing import count_to_text, points_to_text
-from ..prompts import Message, format_messages
+from ..prompts import ASSISTANT, Message, format_messages
 from .synthetic import COLOURS, SHAPES, SceneObject, caption_scene, pointing_example, random_scene
 
 KINDS = ("caption", "pointing", "counting", "qa", "clock")  # chapter 04's default mix
@@ -215,8 +215,8 @@ def scene_prompt(prompt: str, objects: list[SceneObject], question_first: bool =
     question (the oracle harness's question-first layout) or before it (Molmo's)."""
     if not question_first:
         return scene_text(objects) + prompt
-    user, assistant = prompt.rsplit(" Assistant:", 1)
-    return f"{user}{scene_text(objects)} Assistant:{assistant}"
+    user, assistant = prompt.rsplit(ASSISTANT, 1)
+    return f"{user}{scene_text(objects)}{ASSISTANT}{assistant}"
 
 
 def scene_line(rng: np.random.Generator, question_first: bool = True) -> str:

@@ -1,0 +1,100 @@
+"""The eyes: the real image path on the oracle's task, pointing and counting only (chapter 10, docs/recipes.md).
+
+    python -m benchmarks.pointing_only                       # the default configuration (DEFAULT), 10 minutes
+    python -m benchmarks.pointing_only NAME [--minutes 10] [--heldout 200] [--evals 5] [--seed N]
+    python -m benchmarks.pointing_only --list                # the configurations and what each changes
+
+Each configuration is a ``molmo_lite.pointing_only.EyesConfig``: the geometry of the image path inside Molmo's
+design (scene size, crops, patches, pooling, the ViT's size) and the recipe (by default the oracle harness's o16:
+Muon, the question before the image, rows in chunks of similar length). The whole tiny Molmo trains for ``--minutes``
+of training time (drawing and preprocessing the scenes counted, the evaluations not) on chapter 07's scenes with their
+three annotations; held-out scenes are chapter 07's. Writes benchmarks/results/pointing_only.json (keys as the
+oracle's: NAME, NAME-<M>min, -seed<N>) and its table in docs/recipes.md, saves the model with ``save_pretrained`` to
+runs/pointing_only/final (``MolmoLite.from_pretrained`` and ``generate`` then answer Molmo's pointing and counting
+prompts), and ends with one line:
+
+    pointing_only: pointing_f1=<f> counting_exact=<f> shuffled_f1=<f> train_minutes=<f> heldout=<n>
+
+One run at a time on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.common import machine_info
+from benchmarks.oracle import harness_main, record_key, save_record
+from molmo_lite.pointing_only import EyesConfig, train_eyes
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "pointing_only.json"
+FINAL = ROOT / "runs" / "pointing_only" / "final"
+
+# name -> (what it changes, relative to the configuration it names; the EyesConfig fields it sets)
+CONFIGS: dict[str, tuple[str, dict]] = {
+    "e0-tiny": ("the course's tiny image path as it is (56 px scene, crops of 56 px, patches of 14 px, 2 x 2 "
+                "pooling: 8 image tokens) with the oracle's o16 recipe, everything trained from a random start", {}),
+    "e1-patch7": ("e0 with patches of 7 px (8 x 8 per crop, the oracle's cell): 2 x 2 pooling gives 16 tokens per "
+                  "crop, 32 with the overview, each over 14 px", {"patch_size": 7}),
+    "e2-patch7-pool1": ("e1 without pooling (1 x 1): 64 tokens per crop, one per 7 px cell as the oracle's, 128 with "
+                        "the overview", {"patch_size": 7, "pooling": (1, 1)}),
+    "e3-patch7-captions": ("e1 with a quarter of the rows a dense caption instead: every object of the scene, its "
+                           "colour, shape and position in Molmo's 0-100 units, in the image tokens' raster order "
+                           "(what Molmo's stage-1 captions do in words)", {"patch_size": 7, "caption_rate": 0.25}),
+    "e4-patch7-dense-vit": ("e1 starting from a ViT pre-trained on images and captions only (`pretrain_vit`: the "
+                            "whole tiny Molmo writing every scene's dense caption for 20 minutes, then only its ViT "
+                            "kept, as Molmo keeps CLIP's); its minutes are not the run's",
+                            {"patch_size": 7, "vision_init": "data_samples/backbones/vit_p7_dense"}),
+    "e5-patch7-dense-vit-frozen": ("e4 with the pre-trained ViT frozen (learning rate 0): no ViT backward or update, "
+                                   "more steps in the same minutes, its features kept as pre-training left them",
+                                   {"patch_size": 7, "vision_init": "data_samples/backbones/vit_p7_dense",
+                                    "lr_vit": 0.0}),
+}
+DEFAULT = "e5-patch7-dense-vit-frozen"
+
+# vision_init folders the harness builds when missing: folder -> molmo_lite.pointing_only's command-line arguments
+PRETRAINED = {"data_samples/backbones/vit_p7_dense": ["--minutes", "20", "--patch-size", "7"]}
+
+
+def pretrained(folder: str) -> dict:
+    """The ViT folder a vision_init names, pre-trained first (``python -m molmo_lite.pointing_only``) when it is
+    missing; returns that pre-training's summary (its minutes are not the harness's)."""
+    path = ROOT / folder
+    if not (path / "model.safetensors").exists():
+        from molmo_lite import pointing_only
+
+        print(f"{folder} is missing: pre-training it ({' '.join(PRETRAINED[folder])})", flush=True)
+        pointing_only.main(PRETRAINED[folder] + ["--out", str(path)])
+    return json.loads((path / "config.json").read_text())["pretrain"]
+
+
+def run(name: str, minutes: float, heldout: int, evals: int, threads: int = 2, seed: int = 0) -> dict:
+    lever, fields = CONFIGS[name]
+    fields = fields | {"seed": seed}
+    summary = None
+    if fields.get("vision_init"):
+        summary = pretrained(fields["vision_init"])
+        fields = fields | {"vision_init": str(ROOT / fields["vision_init"])}
+    record = train_eyes(EyesConfig(**fields), minutes=minutes, heldout=heldout, evals=evals, threads=threads)
+    if summary:
+        record["config"]["vision_init"] = CONFIGS[name][1]["vision_init"]  # the repository's path
+        record["pretrain"] = summary
+    model = record.pop("model")
+    FINAL.parent.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(FINAL)
+    record.update(name=name, lever=lever, machine=machine_info(), saved=str(FINAL.relative_to(ROOT)))
+    return save_record(OUT, record_key(name, minutes, seed), record)
+
+
+def main(argv: list[str] | None = None) -> None:
+    r = harness_main(argv, __doc__, CONFIGS, DEFAULT, run, OUT, "pointing_only")
+    if r:
+        final = r["final"]
+        print(f"pointing_only: pointing_f1={final['pointing_f1']:.3f} counting_exact={final['counting_exact']:.3f} "
+              f"shuffled_f1={r['shuffled']['pointing_f1']:.3f} train_minutes={r['train_minutes']:.2f} "
+              f"heldout={r['heldout']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The eyes on the oracle's task: the real image path trained on pointing and counting only (chapter 10).
+
+The oracle harness (``molmo_lite.oracle``) showed that the tiny LLM learns chapter 07's crowded pointing in 10 CPU
+minutes when its image tokens say exactly what is where. This harness asks whether the real image path delivers
+tokens that good: the scene is drawn (chapter 07's renderer), Molmo's preprocessor cuts it into crops, the tiny ViT
+encodes them, the connector pools and projects, and the same LLM, with the oracle's winning recipe (Muon for the
+hidden matrices, the question before the image tokens, a step's rows run in chunks of similar length), learns the
+same three annotations per scene. Everything trains from the start, as in Molmo's stage 2.
+
+    config = EyesConfig(patch_size=7)                           # the geometry of the image path, the recipe
+    record = train_eyes(config, minutes=10, heldout=200)        # curves of F1 / counting against minutes
+
+Held-out scenes are chapter 07's (0-10 of the class among 0-6 others, ``evaluate.heldout_sets``' seeds), scored with
+Molmo's rules by ``oracle.evaluate_oracle``'s report (F1 by number of targets, by kind of query), with the
+shuffled-image control (each question with the next scene's image). ``benchmarks/pointing_only.py`` runs the named
+configurations and writes their JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from .clip_pretrain import load_encoder, save_encoder
+from .config import MOLMO_PRESETS, MolmoConfig
+from .data.corpus import scene_text
+from .data.examples import Example, examples_of, split_seed
+from .data.synthetic import pointing_example
+from .model import MolmoLite
+from .evaluate import shuffled_images
+from .oracle import (
+    annotation,
+    build_optimizer,
+    curve_point,
+    length_chunks,
+    loss_of,
+    lr_at,
+    score_answers,
+    track_loss,
+)
+from .preprocessing import ImageInputs, batch_images
+from .prompts import IGNORE_INDEX, Message, format_messages, generation_prompt_ids
+
+
+@dataclass(frozen=True)
+class EyesConfig:
+    """One run: the image path's geometry inside Molmo's design (the tiny preset's unless changed), the recipe (the
+    oracle's o16 by default) and the scenes.
+
+    scene_size: the rendered scene's side in pixels. crop_size, patch_size, max_crops, overlap_margins, pooling: the
+    preprocessor's (the ViT's image and patch size follow). vit_width, vit_layers: the tiny ViT's. lr_vit,
+    lr_connector: their learning rates (the LLM's is ``lr``); 0 freezes that part. caption_rate: the share of
+    training rows that ask for a dense caption (every object, its colour, shape and position: ``scene_caption``)
+    instead of one of the scene's ``annotations``; Molmo's stage 1 captions say what is where in words.
+    vision_init: a ViT folder to start from (its geometry must be this config's), as Molmo starts from CLIP.
+    """
+
+    scene_size: int = 56
+    crop_size: int = 56
+    patch_size: int = 14
+    max_crops: int = 4
+    overlap_margins: tuple[int, int] = (1, 1)
+    pooling: tuple[int, int] = (2, 2)
+    vit_width: int = 96
+    vit_layers: int = 4
+    lr: float = 1e-3
+    lr_vit: float = 1e-3
+    lr_connector: float = 1e-3
+    final_lr: float = 0.55
+    warmup: int = 50
+    batch_size: int = 16
+    micro_batches: int = 2
+    weight_decay: float = 0.0
+    optimizer: str = "muon"
+    question_first: bool = True
+    max_count: int = 10
+    max_distractors: int = 6
+    annotations: tuple[int, ...] = (0, 1, 2)
+    caption_rate: float = 0.0  # share of the rows that are a dense caption instead (``scene_caption``)
+    vision_init: str | None = None  # a saved ViT folder to start from (e.g. ``pretrain_vit``'s)
+    seed: int = 0
+
+    def molmo_config(self) -> MolmoConfig:
+        """The tiny preset with this geometry: the ViT's size follows the crops, the connector's input the ViT."""
+        tiny = MOLMO_PRESETS["tiny"]
+        pre = replace(tiny.preprocessor, crop_size=self.crop_size, patch_size=self.patch_size,
+                      max_crops=self.max_crops, overlap_margins=self.overlap_margins, pooling=self.pooling)
+        vision = replace(tiny.vision, image_size=self.crop_size, patch_size=self.patch_size, width=self.vit_width,
+                         layers=self.vit_layers, mlp_width=4 * self.vit_width)
+        connector = replace(tiny.connector, input_dim=vision.feature_dim, pool_dim=self.vit_width)
+        return replace(tiny, preprocessor=pre, vision=vision, connector=connector,
+                       question_first=self.question_first)
+
+
+def heldout_scenes(n: int, size: int = 56, seed: int = 0) -> list[Example]:
+    """Chapter 07's held-out pointing scenes, drawn (the oracle's ``heldout_scenes`` with their pixels)."""
+    return examples_of(lambda rng: pointing_example(rng, size=size, max_count=10, max_distractors=6), n, seed,
+                       "heldout")
+
+
+CAPTION = -1  # the annotation index of a dense caption in build_batch's ``which``
+
+
+def scene_caption(example: Example) -> Message:
+    """A dense caption of the scene: every object with its colour, shape and centre in Molmo's 0-100 units, in the
+    raster order of the image tokens (``corpus.scene_text``: 'red circle 58.2 67.6; blue square 12.0 30.1'), asked
+    as Molmo asks for a long caption (' long_caption N:')."""
+    return Message(None, scene_text(example.meta["objects"]).removeprefix(" Scene: "), "long_caption")
+
+
+def annotation_of(example: Example, which: int, rng: np.random.Generator | None = None) -> tuple[str, str]:
+    """(prompt, answer) of annotation ``which`` (``oracle.annotation``), or of the dense caption for CAPTION."""
+    if which == CAPTION:
+        return format_messages([scene_caption(example)], rng)[0]
+    return annotation(example, which, rng)
+
+
+def build_batch(model: MolmoLite, examples: Sequence[Example], which: Sequence[int], images: Sequence[ImageInputs],
+                rng: np.random.Generator | None = None) -> dict:
+    """Right-padded training rows ([BOS], the prompt and the image tokens as ``config.question_first`` lays them
+    out, the answer and EOS; the loss on the answer only) -> input_ids, attention_mask, targets, and the rows'
+    ImageInputs under "images" (``length_chunks`` keeps each chunk's own)."""
+    tok = model.tokenizer
+    rows, targets = [], []
+    for ex, k, image in zip(examples, which, images):
+        prompt, answer = annotation_of(ex, k, rng)
+        ids = generation_prompt_ids(tok, prompt, image.tokens, model.config.question_first)
+        answer_ids = tok.encode(" " + answer) + [tok.eos_id]
+        rows.append(ids + answer_ids)
+        targets.append([IGNORE_INDEX] * len(ids) + answer_ids)
+    length = max(map(len, rows))
+    batch = {"input_ids": torch.full((len(rows), length), tok.pad_id),
+             "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
+             "targets": torch.full((len(rows), length), IGNORE_INDEX), "images": list(images)}
+    for b, (ids, tg) in enumerate(zip(rows, targets)):
+        batch["input_ids"][b, :len(ids)] = torch.tensor(ids)
+        batch["attention_mask"][b, :len(ids)] = 1
+        batch["targets"][b, :len(ids)] = torch.tensor(tg)
+    return batch
+
+
+def forward(model: MolmoLite, part: dict) -> torch.Tensor:
+    """Logits of a chunk (``length_chunks`` of ``build_batch``): its images through ViT and connector, added at its
+    <im_patch> tokens; causal attention without a padding mask (the padding is after every real token)."""
+    return model(part["input_ids"], **batch_images(part["images"])).logits
+
+
+@torch.no_grad()
+def answers(model: MolmoLite, examples: Sequence[Example], which: int, batch_size: int = 50,
+            max_new_tokens: int = 200) -> list[str]:
+    """Greedy answers to annotation ``which`` of each example, through ``MolmoLite.generate`` (its prompt layout)."""
+    model.eval()
+    texts = []
+    for k in range(0, len(examples), batch_size):
+        chunk = examples[k:k + batch_size]
+        texts += model.generate([ex.image for ex in chunk], [annotation(ex, which)[0] for ex in chunk],
+                                max_new_tokens=max_new_tokens)
+    model.train()
+    return [t.strip() for t in texts]
+
+
+@torch.no_grad()
+def answer_loss(model: MolmoLite, examples: Sequence[Example], which: Sequence[int] = (0, 1),
+                shuffled: bool = False) -> float:
+    """Mean cross-entropy per answer token (teacher forcing) of annotations ``which`` of every example; shuffled:
+    each example with the next one's image (its question and answer kept). A model that reads its images has a
+    clearly lower loss with the true ones."""
+    model.eval()
+    asked = shuffled_images(examples) if shuffled else list(examples)
+    images = model.prepare_images([ex.image for ex in asked])
+    total, tokens = 0.0, 0
+    for k in which:
+        batch = build_batch(model, asked, [k] * len(asked), images)
+        total += float(loss_of(forward(model, batch), batch["targets"], "sum"))
+        tokens += int(batch["targets"].ne(IGNORE_INDEX).sum())
+    model.train()
+    return total / tokens
+
+
+def evaluate_eyes(model: MolmoLite, examples: Sequence[Example], shuffled: bool = False) -> dict:
+    """Pointing F1 (annotation 0) and counting exact (annotation 1), by number of targets and kind of query
+    (``oracle.score_answers``); shuffled: each example shows the next one's image (the control)."""
+    asked = shuffled_images(examples) if shuffled else list(examples)
+    return score_answers(examples, answers(model, asked, 0), answers(model, asked, 1))
+
+
+def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | None = None, heldout: int = 200,
+               evals: int = 5, log: Callable[[str], None] | None = print, threads: int | None = None) -> dict:
+    """Train the whole tiny Molmo on pointing and counting for ``minutes`` of training time (drawing the scenes and
+    preprocessing them counted; evaluations not) or a number of ``steps``; -> a JSON-able record as
+    ``oracle.train_oracle``'s (config, curve on the first 100 held-out scenes, final scores on all, the shuffled
+    control, steps/s), with the model under "model"."""
+    if (minutes is None) == (steps is None):
+        raise ValueError("give minutes or steps, not both")
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    vision = load_encoder(Path(config.vision_init)) if config.vision_init else None
+    model = MolmoLite.from_parts(config.molmo_config(), vision=vision)
+    optimizers = build_optimizer(model, config, {"vision.": config.lr_vit, "connector.": config.lr_connector})
+    rng = np.random.default_rng(split_seed(config.seed, "train"))
+    held = heldout_scenes(heldout, config.scene_size)
+    during = held[:min(len(held), 100)]
+    budget = minutes * 60 if minutes is not None else float(steps)
+    marks = [budget * (k + 1) / evals for k in range(evals)]
+    curve, losses, window, step, trained, start = [], [], [], 0, 0.0, time.perf_counter()
+    model.train()
+    while (trained if minutes is not None else step) < budget:
+        t0 = time.perf_counter()
+        progress = (trained if minutes is not None else step) / budget
+        examples = [pointing_example(rng, size=config.scene_size, max_count=config.max_count,
+                                     max_distractors=config.max_distractors) for _ in range(config.batch_size)]
+        which = [int(k) for k in rng.choice(config.annotations, size=len(examples))]
+        if config.caption_rate:
+            which = [CAPTION if rng.random() < config.caption_rate else k for k in which]
+        batch = build_batch(model, examples, which, model.prepare_images([ex.image for ex in examples]), rng)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * lr_at(config, step, progress) / config.lr
+        answer_tokens = int(batch["targets"].ne(IGNORE_INDEX).sum())
+        model.zero_grad(set_to_none=True)
+        loss = 0.0
+        for part in length_chunks(batch, config.micro_batches):
+            part_loss = loss_of(forward(model, part), part["targets"], "sum") / answer_tokens
+            part_loss.backward()
+            loss += part_loss.detach()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for opt in optimizers:
+            opt.step()
+        trained += time.perf_counter() - t0
+        step += 1
+        window = track_loss(losses, window, float(loss), step, trained, log)
+        if marks and (trained if minutes is not None else step) >= marks[0]:
+            marks.pop(0)
+            curve.append(curve_point(evaluate_eyes(model, during), step, trained, float(loss), log))
+    final = evaluate_eyes(model, held)
+    shuffled = evaluate_eyes(model, during, shuffled=True)
+    return {"config": asdict(config), "train_minutes": round(trained / 60, 3), "steps": step,
+            "steps_per_s": round(step / trained, 3), "wall_minutes": round((time.perf_counter() - start) / 60, 2),
+            "heldout": len(held), "curve": curve, "losses": losses, "final": final,
+            "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")},
+            "image_tokens": sum(t == "<im_patch>" for t in model.processor(held[0].image).tokens), "model": model}
+
+
+def pretrain_vit(out: str | Path, minutes: float, config: EyesConfig = EyesConfig(patch_size=7),
+                 log: Callable[[str], None] | None = print) -> dict:
+    """Pre-train the tiny ViT on images and captions only, as CLIP is (no pointing, no question): the whole tiny
+    Molmo of ``config`` learns to write every scene's dense caption (``scene_caption``) for ``minutes``; the ViT is
+    saved to ``out`` (``clip_pretrain.save_encoder``; connector and LLM are thrown away) for ``vision_init``. ->
+    what it did (minutes, steps, the last caption loss)."""
+    record = train_eyes(replace(config, caption_rate=1.0, vision_init=None), minutes=minutes, heldout=1, evals=0,
+                        log=log)
+    summary = {"minutes": record["train_minutes"], "steps": record["steps"],
+               "caption_loss": record["losses"][-1]["loss"], "config": asdict(config)}
+    save_encoder(record["model"].vision, Path(out), {"pretrain": summary})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m molmo_lite.pointing_only --out DIR --minutes M [--patch-size 7]``: ``pretrain_vit``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=pretrain_vit.__doc__)
+    parser.add_argument("--out", required=True, help="the folder to write the ViT to")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training minutes (default 20)")
+    parser.add_argument("--patch-size", type=int, default=7, help="the ViT's patch size (default 7)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    print(pretrain_vit(args.out, args.minutes, EyesConfig(patch_size=args.patch_size)))
+
+
+if __name__ == "__main__":
+    main()
