@@ -233,7 +233,8 @@ class MolmoLite(nn.Module):
     def generate_ids(self, images: Sequence[ImageLike | ImageInputs | None], prompts: Sequence[str],
                      max_new_tokens: int = 32, use_cache: bool = True) -> torch.Tensor:
         """Greedy answers as ids [B, max_new_tokens] (EOS repeated after the end). Each row: [BOS] + its image's
-        tokens + its prompt (the question before the image with ``config.question_first``), left-padded; every image is encoded once, in one ViT call for the whole batch."""
+        tokens + its prompt (the question before the image with ``config.question_first``), left-padded; every image
+        is encoded once, in one ViT call for the whole batch."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts (use None for a text-only prompt)")
         inputs = self.prepare_images(images)

@@ -249,6 +249,20 @@ def annotation(example: Example, which: int, rng: np.random.Generator | None = N
     return format_messages(example.messages[which], rng)[0]
 
 
+def right_padded(rows: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Token rows and their targets (IGNORE_INDEX where there is no loss) -> input_ids, attention_mask, targets
+    [B, longest row], right-padded (pad_id, 0, IGNORE_INDEX)."""
+    length = max(map(len, rows))
+    batch = {"input_ids": torch.full((len(rows), length), pad_id),
+             "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
+             "targets": torch.full((len(rows), length), IGNORE_INDEX)}
+    for b, (ids, tg) in enumerate(zip(rows, targets)):
+        batch["input_ids"][b, :len(ids)] = torch.tensor(ids)
+        batch["attention_mask"][b, :len(ids)] = 1
+        batch["targets"][b, :len(ids)] = torch.tensor(tg)
+    return batch
+
+
 def build_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], which: Sequence[int], grid: int,
                 question_first: bool = False, with_answer: bool = True, rng: np.random.Generator | None = None,
                 match_bit: bool = False) -> dict[str, torch.Tensor]:
@@ -264,14 +278,7 @@ def build_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], which: S
         positions.append([i for i, t in enumerate(ids) if t == patch])
         targets.append([IGNORE_INDEX] * len(ids) + answer_ids)
         rows.append(ids + answer_ids)
-    length = max(map(len, rows))
-    batch = {"input_ids": torch.full((len(rows), length), tokenizer.pad_id),
-             "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
-             "targets": torch.full((len(rows), length), IGNORE_INDEX)}
-    for b, (ids, tg) in enumerate(zip(rows, targets)):
-        batch["input_ids"][b, :len(ids)] = torch.tensor(ids)
-        batch["attention_mask"][b, :len(ids)] = 1
-        batch["targets"][b, :len(ids)] = torch.tensor(tg)
+    batch = right_padded(rows, targets, tokenizer.pad_id)
     features = [cell_features(ex.meta["objects"], grid) for ex in examples]
     if match_bit:  # the answer's points: meta["points"] for annotations 0 and 1, meta["other_points"] for 2
         features = [np.concatenate([f, match_column(ex.meta["objects"], ex.meta["other_points" if k == 2 else
@@ -438,6 +445,27 @@ def build_optimizer(model: nn.Module, config, lr_by_prefix: dict[str, float] | N
     return optimizers
 
 
+def set_learning_rates(optimizers: Sequence[torch.optim.Optimizer], config, step: int, progress: float) -> None:
+    """Every group at its peak rate ("base_lr", ``build_optimizer``) times the schedule's factor (``lr_at``)."""
+    factor = lr_at(config, step, progress) / config.lr
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+
+def backward_in_chunks(batch: dict, chunks: int, logits_of: Callable[[dict], torch.Tensor]) -> torch.Tensor:
+    """The backward pass of the mean cross-entropy over ALL of a step's answer tokens, run on ``length_chunks``
+    (each chunk's summed loss divided by the step's answer tokens: the gradient of the whole batch); -> the loss,
+    detached. logits_of: a chunk -> its logits."""
+    answer_tokens = int(batch["targets"].ne(IGNORE_INDEX).sum())
+    loss = torch.zeros(())
+    for part in length_chunks(batch, chunks):
+        part_loss = loss_of(logits_of(part), part["targets"], "sum") / answer_tokens
+        part_loss.backward()
+        loss += part_loss.detach()
+    return loss
+
+
 def track_loss(losses: list[dict], window: list[float], loss: float, step: int, trained: float,
                log: Callable[[str], None] | None) -> list[float]:
     """The training loss of the last 50 steps, averaged into ``losses`` every 50 steps (printed every 100); -> the
@@ -485,6 +513,11 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
     marks = [budget * (k + 1) / evals for k in range(evals)]
     curve, losses, window, step, trained, tokens, start = [], [], [], 0, 0.0, 0, time.perf_counter()
     model.train()
+
+    def forward(batch: dict) -> torch.Tensor:  # the logits, under bf16 autocast when the config asks for it
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.autocast):
+            return model(batch)
+
     while (trained if minutes is not None else step) < budget:
         t0 = time.perf_counter()
         progress = (trained if minutes is not None else step) / budget
@@ -496,25 +529,14 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
             which = [int(k) for k in rng.choice(config.annotations, size=len(examples))]
             batch = build_batch(tokenizer, examples, which, config.grid, config.question_first, rng=rng,
                                 match_bit=config.match_bit)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * lr_at(config, step, progress) / config.lr
-        answer_tokens = int(batch["targets"].ne(IGNORE_INDEX).sum())
+        set_learning_rates(optimizers, config, step, progress)
         model.zero_grad(set_to_none=True)
         if config.pack_annotations:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.autocast):
-                logits = model(batch)
-            loss = answer_loss(logits, batch["targets"], batch["loss_weights"])[0]
+            loss = answer_loss(forward(batch), batch["targets"], batch["loss_weights"])[0]
             loss.backward()
         else:  # the mean over all the step's answer tokens, accumulated over chunks of rows of similar length
-            loss = 0.0
-            for part in length_chunks(batch, config.micro_batches):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.autocast):
-                    logits = model(part)
-                part_loss = loss_of(logits, part["targets"], "sum") / answer_tokens
-                part_loss.backward()
-                loss += part_loss.detach()
-        tokens += answer_tokens
+            loss = backward_in_chunks(batch, config.micro_batches, forward)
+        tokens += int(batch["targets"].ne(IGNORE_INDEX).sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for opt in optimizers:
             opt.step()

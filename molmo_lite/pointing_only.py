@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,18 +29,19 @@ import torch
 from .clip_pretrain import load_encoder, save_encoder
 from .config import MOLMO_PRESETS, MolmoConfig
 from .data.corpus import scene_text
-from .data.examples import Example, examples_of, split_seed
-from .data.synthetic import pointing_example
-from .model import MolmoLite
+from .data.examples import Example, split_seed
+from .data.synthetic import pointing_example, pointing_examples
 from .evaluate import shuffled_images
+from .model import MolmoLite
 from .oracle import (
     annotation,
+    backward_in_chunks,
     build_optimizer,
     curve_point,
-    length_chunks,
     loss_of,
-    lr_at,
+    right_padded,
     score_answers,
+    set_learning_rates,
     track_loss,
 )
 from .preprocessing import ImageInputs, batch_images
@@ -97,12 +98,6 @@ class EyesConfig:
                        question_first=self.question_first)
 
 
-def heldout_scenes(n: int, size: int = 56, seed: int = 0) -> list[Example]:
-    """Chapter 07's held-out pointing scenes, drawn (the oracle's ``heldout_scenes`` with their pixels)."""
-    return examples_of(lambda rng: pointing_example(rng, size=size, max_count=10, max_distractors=6), n, seed,
-                       "heldout")
-
-
 CAPTION = -1  # the annotation index of a dense caption in build_batch's ``which``
 
 
@@ -133,15 +128,7 @@ def build_batch(model: MolmoLite, examples: Sequence[Example], which: Sequence[i
         answer_ids = tok.encode(" " + answer) + [tok.eos_id]
         rows.append(ids + answer_ids)
         targets.append([IGNORE_INDEX] * len(ids) + answer_ids)
-    length = max(map(len, rows))
-    batch = {"input_ids": torch.full((len(rows), length), tok.pad_id),
-             "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
-             "targets": torch.full((len(rows), length), IGNORE_INDEX), "images": list(images)}
-    for b, (ids, tg) in enumerate(zip(rows, targets)):
-        batch["input_ids"][b, :len(ids)] = torch.tensor(ids)
-        batch["attention_mask"][b, :len(ids)] = 1
-        batch["targets"][b, :len(ids)] = torch.tensor(tg)
-    return batch
+    return right_padded(rows, targets, tok.pad_id) | {"images": list(images)}
 
 
 def forward(model: MolmoLite, part: dict) -> torch.Tensor:
@@ -204,7 +191,7 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
     model = MolmoLite.from_parts(config.molmo_config(), vision=vision)
     optimizers = build_optimizer(model, config, {"vision.": config.lr_vit, "connector.": config.lr_connector})
     rng = np.random.default_rng(split_seed(config.seed, "train"))
-    held = heldout_scenes(heldout, config.scene_size)
+    held = pointing_examples(heldout, 0, "heldout", config.scene_size, max_count=10)  # chapter 07's held-out scenes
     during = held[:min(len(held), 100)]
     budget = minutes * 60 if minutes is not None else float(steps)
     marks = [budget * (k + 1) / evals for k in range(evals)]
@@ -219,16 +206,9 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
         if config.caption_rate:
             which = [CAPTION if rng.random() < config.caption_rate else k for k in which]
         batch = build_batch(model, examples, which, model.prepare_images([ex.image for ex in examples]), rng)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * lr_at(config, step, progress) / config.lr
-        answer_tokens = int(batch["targets"].ne(IGNORE_INDEX).sum())
+        set_learning_rates(optimizers, config, step, progress)
         model.zero_grad(set_to_none=True)
-        loss = 0.0
-        for part in length_chunks(batch, config.micro_batches):
-            part_loss = loss_of(forward(model, part), part["targets"], "sum") / answer_tokens
-            part_loss.backward()
-            loss += part_loss.detach()
+        loss = backward_in_chunks(batch, config.micro_batches, lambda part: forward(model, part))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for opt in optimizers:
             opt.step()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from molmo_lite.config import IMAGE_TOKENS, MOLMO_PRESETS
-from molmo_lite.data.synthetic import pointing_example
+from molmo_lite.data.synthetic import pointing_example, pointing_examples
 from molmo_lite.model import MolmoLite
 from molmo_lite.oracle import build_optimizer
 from molmo_lite.data.synthetic import SceneObject
@@ -22,7 +22,6 @@ from molmo_lite.pointing_only import (
     annotation_of,
     answer_loss,
     build_batch,
-    heldout_scenes,
     train_eyes,
 )
 from molmo_lite.prompts import generation_prompt_ids
@@ -69,7 +68,7 @@ def test_question_first_is_saved_with_the_model_and_used_by_generate(tmp_path):
 
 
 def test_eyes_geometry_inside_molmos_design():
-    scene = heldout_scenes(1)[0]
+    scene = pointing_examples(1, 0, "heldout", 56, max_count=10)[0]
     for fields, tokens in (({}, 8), ({"patch_size": 7}, 32), ({"patch_size": 7, "pooling": (1, 1)}, 128)):
         config = EyesConfig(**fields).molmo_config()
         assert (config.vision.image_size, config.vision.patch_size) == (56, fields.get("patch_size", 14))
@@ -96,7 +95,7 @@ def test_optimizer_groups_per_part_and_frozen_parts():
 
 def test_build_batch_puts_the_loss_on_the_answer_only():
     model = MolmoLite(EyesConfig().molmo_config())
-    scenes = heldout_scenes(3)
+    scenes = pointing_examples(3, 0, "heldout", 56, max_count=10)
     batch = build_batch(model, scenes, [0, 1, 2], model.prepare_images([s.image for s in scenes]))
     tok = model.tokenizer
     for b, ex in enumerate(scenes):
@@ -107,7 +106,7 @@ def test_build_batch_puts_the_loss_on_the_answer_only():
 
 
 def test_dense_caption_lists_every_object_in_raster_order():
-    scene = heldout_scenes(1)[0]
+    scene = pointing_examples(1, 0, "heldout", 56, max_count=10)[0]
     scene.meta["objects"] = [SceneObject("square", "blue", 80.0, 90.0, 4.0),
                              SceneObject("circle", "red", 58.2, 67.6, 3.0),
                              SceneObject("triangle", "green", 12.0, 70.0, 3.0)]
