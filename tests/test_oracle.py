@@ -103,7 +103,7 @@ def test_length_chunks_give_the_gradient_of_the_whole_padded_batch():
         loss = loss_of(model(part), part["targets"], "sum") / answer_tokens
         loss.backward()
         total += float(loss.detach())
-    assert total == pytest.approx(float(whole), rel=1e-5)
+    assert total == pytest.approx(whole.item(), rel=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
