@@ -491,6 +491,41 @@ def curve_point(result: dict, step: int, trained: float, loss: float, log: Calla
     return point
 
 
+def timed_training(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer], config,
+                   step_fn: Callable[[float], tuple[torch.Tensor, int]], evaluate: Callable[[], dict],
+                   minutes: float | None, steps: int | None, evals: int, log: Callable[[str], None] | None) -> dict:
+    """The training loop of both harnesses (this one and ``pointing_only``): for ``minutes`` of training time (the
+    evaluations not counted) or a number of ``steps``, set the schedule's learning rates, let ``step_fn(progress)``
+    draw a batch and run its backward pass (-> the loss, the answer tokens it trained on), clip the gradient to norm
+    1, step every optimiser; the loss every 50 steps and ``evaluate()`` ``evals`` times along the way (its
+    ``score_answers`` report, a point of the curve). -> train_minutes, steps, steps_per_s, answer_tokens_per_s,
+    curve, losses."""
+    if (minutes is None) == (steps is None):
+        raise ValueError("give minutes or steps, not both")
+    budget = minutes * 60 if minutes is not None else float(steps)
+    marks = [budget * (k + 1) / evals for k in range(evals)]
+    curve, losses, window, step, trained, tokens = [], [], [], 0, 0.0, 0
+    model.train()
+    while (trained if minutes is not None else step) < budget:
+        t0 = time.perf_counter()
+        progress = (trained if minutes is not None else step) / budget
+        set_learning_rates(optimizers, config, step, progress)
+        model.zero_grad(set_to_none=True)
+        loss, answer_tokens = step_fn(progress)
+        tokens += answer_tokens
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for opt in optimizers:
+            opt.step()
+        trained += time.perf_counter() - t0
+        step += 1
+        window = track_loss(losses, window, float(loss), step, trained, log)
+        if marks and (trained if minutes is not None else step) >= marks[0]:
+            marks.pop(0)
+            curve.append(curve_point(evaluate(), step, trained, float(loss), log))
+    return {"train_minutes": round(trained / 60, 3), "steps": step, "steps_per_s": round(step / trained, 3),
+            "answer_tokens_per_s": round(tokens / trained, 1), "curve": curve, "losses": losses}
+
+
 def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int | None = None, heldout: int = 200,
                  evals: int = 4, log: Callable[[str], None] | None = print, threads: int | None = None) -> dict:
     """Train the LLM on oracle image tokens for ``minutes`` of training time (evaluation not counted) or a number of
@@ -498,8 +533,6 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
     (minutes, step, pointing F1, counting exact, by count; on the first 100 held-out scenes), the final evaluation
     on all of them, its shuffled-image control (the first 100), steps/s and answer tokens/s, and the model under
     "model" (removed before writing JSON)."""
-    if (minutes is None) == (steps is None):
-        raise ValueError("give minutes or steps, not both")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
@@ -509,48 +542,31 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
     rng = np.random.default_rng(split_seed(config.seed, "train"))
     held = heldout_scenes(heldout, max_count=config.max_count, max_distractors=config.max_distractors)
     during = held[:min(len(held), 100)]  # the curve's evaluations: the first 100 scenes (generation is slow)
-    budget = minutes * 60 if minutes is not None else float(steps)
-    marks = [budget * (k + 1) / evals for k in range(evals)]
-    curve, losses, window, step, trained, tokens, start = [], [], [], 0, 0.0, 0, time.perf_counter()
-    model.train()
+    start = time.perf_counter()
 
     def forward(batch: dict) -> torch.Tensor:  # the logits, under bf16 autocast when the config asks for it
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.autocast):
             return model(batch)
 
-    while (trained if minutes is not None else step) < budget:
-        t0 = time.perf_counter()
-        progress = (trained if minutes is not None else step) / budget
+    def step_fn(progress: float) -> tuple[torch.Tensor, int]:
         world = training_world(config, progress)
         examples = [pointing_example(rng, render=False, **world) for _ in range(config.batch_size)]
         if config.pack_annotations:
             batch = packed_batch(tokenizer, examples, config.grid, rng, config.annotations)
-        else:
+            loss = answer_loss(forward(batch), batch["targets"], batch["loss_weights"])[0]
+            loss.backward()
+            loss = loss.detach()
+        else:  # the mean over all the step's answer tokens, accumulated over chunks of rows of similar length
             which = [int(k) for k in rng.choice(config.annotations, size=len(examples))]
             batch = build_batch(tokenizer, examples, which, config.grid, config.question_first, rng=rng,
                                 match_bit=config.match_bit)
-        set_learning_rates(optimizers, config, step, progress)
-        model.zero_grad(set_to_none=True)
-        if config.pack_annotations:
-            loss = answer_loss(forward(batch), batch["targets"], batch["loss_weights"])[0]
-            loss.backward()
-        else:  # the mean over all the step's answer tokens, accumulated over chunks of rows of similar length
             loss = backward_in_chunks(batch, config.micro_batches, forward)
-        tokens += int(batch["targets"].ne(IGNORE_INDEX).sum())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for opt in optimizers:
-            opt.step()
-        trained += time.perf_counter() - t0
-        step += 1
-        window = track_loss(losses, window, float(loss), step, trained, log)
-        if marks and (trained if minutes is not None else step) >= marks[0]:
-            marks.pop(0)
-            curve.append(curve_point(evaluate_oracle(model, tokenizer, during), step, trained, float(loss), log))
+        return loss, int(batch["targets"].ne(IGNORE_INDEX).sum())
+
+    trained = timed_training(model, optimizers, config, step_fn, lambda: evaluate_oracle(model, tokenizer, during),
+                             minutes, steps, evals, log)
     final = evaluate_oracle(model, tokenizer, held)
     shuffled = evaluate_oracle(model, tokenizer, during, shuffled=True)
-    return {"config": asdict(config), "train_minutes": round(trained / 60, 3), "steps": step,
-            "steps_per_s": round(step / trained, 3), "answer_tokens_per_s": round(tokens / trained, 1),
-            "wall_minutes": round((time.perf_counter() - start) / 60, 2), "heldout": len(held), "curve": curve,
-            "losses": losses,
-            "final": final, "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")},
-            "model": model}
+    return {"config": asdict(config)} | trained | {
+        "wall_minutes": round((time.perf_counter() - start) / 60, 2), "heldout": len(held), "final": final,
+        "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")}, "model": model}

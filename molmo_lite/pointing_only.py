@@ -18,6 +18,8 @@ configurations and writes their JSON.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -30,19 +32,17 @@ from .clip_pretrain import load_encoder, save_encoder
 from .config import MOLMO_PRESETS, MolmoConfig
 from .data.corpus import scene_text
 from .data.examples import Example, split_seed
-from .data.synthetic import pointing_example, pointing_examples
+from .data.synthetic import SHIFT_BACKGROUNDS, pointing_example, pointing_examples, shifted_pointing_examples
 from .evaluate import shuffled_images
 from .model import MolmoLite
 from .oracle import (
     annotation,
     backward_in_chunks,
     build_optimizer,
-    curve_point,
     loss_of,
     right_padded,
     score_answers,
-    set_learning_rates,
-    track_loss,
+    timed_training,
 )
 from .preprocessing import ImageInputs, batch_images
 from .prompts import IGNORE_INDEX, Message, format_messages, generation_prompt_ids
@@ -59,6 +59,9 @@ class EyesConfig:
     training rows that ask for a dense caption (every object, its colour, shape and position: ``scene_caption``)
     instead of one of the scene's ``annotations``; Molmo's stage 1 captions say what is where in words.
     vision_init: a ViT folder to start from (its geometry must be this config's), as Molmo starts from CLIP.
+    scene_sizes: when given, each training scene is drawn at one of these sides picked at random (Molmo trains on
+    images of many resolutions: a 112 px scene becomes the overview and 2 x 2 crops of 56 px); held-out scenes keep
+    scene_size.
     """
 
     scene_size: int = 56
@@ -84,6 +87,7 @@ class EyesConfig:
     annotations: tuple[int, ...] = (0, 1, 2)
     caption_rate: float = 0.0  # share of the rows that are a dense caption instead (``scene_caption``)
     vision_init: str | None = None  # a saved ViT folder to start from (e.g. ``pretrain_vit``'s)
+    scene_sizes: tuple[int, ...] = ()  # training scenes at these sides, one picked per scene (empty: scene_size)
     seed: int = 0
 
     def molmo_config(self) -> MolmoConfig:
@@ -176,14 +180,27 @@ def evaluate_eyes(model: MolmoLite, examples: Sequence[Example], shuffled: bool 
     return score_answers(examples, answers(model, asked, 0), answers(model, asked, 1))
 
 
+def evaluate_shift(model: MolmoLite, examples: Sequence[Example]) -> dict:
+    """The shift check: pointing F1 and counting exact on scenes of another renderer
+    (``synthetic.shifted_pointing_examples``: 112 px, hard edges, plain grey or noisy backgrounds, 1-6 of the class
+    among 0-4 others), overall, by number of targets and by background."""
+    pointed, counted = answers(model, examples, 0), answers(model, examples, 1)
+    report = score_answers(examples, pointed, counted)
+    out = {k: report[k] for k in ("pointing_f1", "counting_exact", "by_count", "samples")} | {"by_background": {}}
+    for background in SHIFT_BACKGROUNDS:
+        idx = [i for i, ex in enumerate(examples) if ex.meta["background"] == background]
+        part = score_answers([examples[i] for i in idx], [pointed[i] for i in idx], [counted[i] for i in idx])
+        out["by_background"][background] = {"n": len(idx), "pointing_f1": part["pointing_f1"],
+                                            "counting_exact": part["counting_exact"]}
+    return out
+
+
 def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | None = None, heldout: int = 200,
                evals: int = 5, log: Callable[[str], None] | None = print, threads: int | None = None) -> dict:
     """Train the whole tiny Molmo on pointing and counting for ``minutes`` of training time (drawing the scenes and
     preprocessing them counted; evaluations not) or a number of ``steps``; -> a JSON-able record as
     ``oracle.train_oracle``'s (config, curve on the first 100 held-out scenes, final scores on all, the shuffled
     control, steps/s), with the model under "model"."""
-    if (minutes is None) == (steps is None):
-        raise ValueError("give minutes or steps, not both")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
@@ -193,65 +210,101 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
     rng = np.random.default_rng(split_seed(config.seed, "train"))
     held = pointing_examples(heldout, 0, "heldout", config.scene_size, max_count=10)  # chapter 07's held-out scenes
     during = held[:min(len(held), 100)]
-    budget = minutes * 60 if minutes is not None else float(steps)
-    marks = [budget * (k + 1) / evals for k in range(evals)]
-    curve, losses, window, step, trained, start = [], [], [], 0, 0.0, time.perf_counter()
-    model.train()
-    while (trained if minutes is not None else step) < budget:
-        t0 = time.perf_counter()
-        progress = (trained if minutes is not None else step) / budget
-        examples = [pointing_example(rng, size=config.scene_size, max_count=config.max_count,
+    start = time.perf_counter()
+
+    def step_fn(progress: float) -> tuple[torch.Tensor, int]:
+        examples = [pointing_example(rng, size=int(rng.choice(config.scene_sizes)) if config.scene_sizes
+                                     else config.scene_size, max_count=config.max_count,
                                      max_distractors=config.max_distractors) for _ in range(config.batch_size)]
         which = [int(k) for k in rng.choice(config.annotations, size=len(examples))]
         if config.caption_rate:
             which = [CAPTION if rng.random() < config.caption_rate else k for k in which]
         batch = build_batch(model, examples, which, model.prepare_images([ex.image for ex in examples]), rng)
-        set_learning_rates(optimizers, config, step, progress)
-        model.zero_grad(set_to_none=True)
         loss = backward_in_chunks(batch, config.micro_batches, lambda part: forward(model, part))
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for opt in optimizers:
-            opt.step()
-        trained += time.perf_counter() - t0
-        step += 1
-        window = track_loss(losses, window, float(loss), step, trained, log)
-        if marks and (trained if minutes is not None else step) >= marks[0]:
-            marks.pop(0)
-            curve.append(curve_point(evaluate_eyes(model, during), step, trained, float(loss), log))
+        return loss, int(batch["targets"].ne(IGNORE_INDEX).sum())
+
+    trained = timed_training(model, optimizers, config, step_fn, lambda: evaluate_eyes(model, during), minutes,
+                             steps, evals, log)
     final = evaluate_eyes(model, held)
     shuffled = evaluate_eyes(model, during, shuffled=True)
-    return {"config": asdict(config), "train_minutes": round(trained / 60, 3), "steps": step,
-            "steps_per_s": round(step / trained, 3), "wall_minutes": round((time.perf_counter() - start) / 60, 2),
-            "heldout": len(held), "curve": curve, "losses": losses, "final": final,
-            "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")},
-            "image_tokens": sum(t == "<im_patch>" for t in model.processor(held[0].image).tokens), "model": model}
+    shifted = evaluate_shift(model, shifted_pointing_examples(len(held), 0))
+    return {"config": asdict(config)} | trained | {
+        "wall_minutes": round((time.perf_counter() - start) / 60, 2), "heldout": len(held), "final": final,
+        "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")}, "shift": shifted,
+        "image_tokens": sum(t == "<im_patch>" for t in model.processor(held[0].image).tokens), "model": model}
+
+
+_CAPTION_ENTRY = re.compile(r"([a-z]+) ([a-z]+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)")
+
+
+def caption_scores(model: MolmoLite, examples: Sequence[Example], radius: float = 7.0) -> dict:
+    """How well a model writes dense captions (``scene_caption``): each entry 'colour shape x y' it writes is
+    matched greedily to an unmatched object of that colour and shape within ``radius`` (Molmo's 0-100 units, the
+    pointing metric's hit distance); -> object precision, recall, F1 (an entry in the right place with a wrong
+    colour or shape is a miss), and "placed": the share of objects that some entry puts within the radius, whatever
+    it calls them."""
+    model.eval()
+    prompts = [format_messages([scene_caption(ex)])[0][0] for ex in examples]
+    written = []
+    with torch.no_grad():
+        for k in range(0, len(examples), 50):
+            written += model.generate([ex.image for ex in examples[k:k + 50]], prompts[k:k + 50], max_new_tokens=250)
+    model.train()
+    hits = placed = entries = objects = 0
+    for ex, text in zip(examples, written):
+        said = [(c, sh, float(x), float(y)) for c, sh, x, y in _CAPTION_ENTRY.findall(text)]
+        truth = list(ex.meta["objects"])
+        entries, objects = entries + len(said), objects + len(truth)
+        placed += sum(any(np.hypot(x - o.x, y - o.y) <= radius for _, _, x, y in said) for o in truth)
+        free = list(truth)
+        for colour, shape, x, y in said:
+            match = [o for o in free
+                     if o.colour == colour and o.shape == shape and np.hypot(x - o.x, y - o.y) <= radius]
+            if match:
+                free.remove(min(match, key=lambda o: np.hypot(x - o.x, y - o.y)))
+                hits += 1
+    precision, recall = hits / max(entries, 1), hits / max(objects, 1)
+    return {"precision": precision, "recall": recall, "placed": placed / max(objects, 1),
+            "f1": 2 * precision * recall / max(precision + recall, 1e-9), "sample": written[0].strip()}
 
 
 def pretrain_vit(out: str | Path, minutes: float, config: EyesConfig = EyesConfig(patch_size=7),
-                 log: Callable[[str], None] | None = print) -> dict:
+                 log: Callable[[str], None] | None = print, init: str | Path | None = None) -> dict:
     """Pre-train the tiny ViT on images and captions only, as CLIP is (no pointing, no question): the whole tiny
     Molmo of ``config`` learns to write every scene's dense caption (``scene_caption``) for ``minutes``; the ViT is
-    saved to ``out`` (``clip_pretrain.save_encoder``; connector and LLM are thrown away) for ``vision_init``. ->
-    what it did (minutes, steps, the last caption loss)."""
-    record = train_eyes(replace(config, caption_rate=1.0, vision_init=None), minutes=minutes, heldout=1, evals=0,
-                        log=log)
+    saved to ``out`` (``clip_pretrain.save_encoder``; connector and LLM are thrown away) for ``vision_init``.
+    init: a ViT saved by an earlier ``pretrain_vit`` to go on from (a longer pre-training in parts; connector and
+    LLM start again). -> what it did (minutes, steps, the last caption loss; ``total_minutes`` with the parts
+    before, whose summary is under "init")."""
+    record = train_eyes(replace(config, caption_rate=1.0, vision_init=str(init) if init else None), minutes=minutes,
+                        heldout=1, evals=0, log=log)
     summary = {"minutes": record["train_minutes"], "steps": record["steps"],
-               "caption_loss": record["losses"][-1]["loss"], "config": asdict(config)}
+               "caption_loss": record["losses"][-1]["loss"], "config": asdict(config),
+               "captions": caption_scores(record["model"], pointing_examples(100, 0, "heldout", config.scene_size,
+                                                                              max_count=10))}
+    if init:
+        before = json.loads((Path(init) / "config.json").read_text())["pretrain"]
+        summary |= {"init": before, "total_minutes": round(before.get("total_minutes", before["minutes"])
+                                                         + summary["minutes"], 3)}
     save_encoder(record["model"].vision, Path(out), {"pretrain": summary})
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m molmo_lite.pointing_only --out DIR --minutes M [--patch-size 7]``: ``pretrain_vit``."""
+    """``python -m molmo_lite.pointing_only --out DIR --minutes M [--patch-size 7] [--scene-size 56] [--init DIR]``:
+    ``pretrain_vit``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=pretrain_vit.__doc__)
     parser.add_argument("--out", required=True, help="the folder to write the ViT to")
     parser.add_argument("--minutes", type=float, default=20.0, help="training minutes (default 20)")
     parser.add_argument("--patch-size", type=int, default=7, help="the ViT's patch size (default 7)")
+    parser.add_argument("--scene-size", type=int, default=56, help="the scenes' side in pixels (default 56)")
+    parser.add_argument("--init", help="a ViT folder of an earlier pre-training to go on from")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    print(pretrain_vit(args.out, args.minutes, EyesConfig(patch_size=args.patch_size)))
+    print(pretrain_vit(args.out, args.minutes, EyesConfig(patch_size=args.patch_size, scene_size=args.scene_size),
+                       init=args.init))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,14 @@ from molmo_lite.data.synthetic import pointing_example, pointing_examples
 from molmo_lite.model import MolmoLite
 from molmo_lite.oracle import build_optimizer
 from molmo_lite.data.synthetic import SceneObject
+from molmo_lite.data.examples import Example
 from molmo_lite.pointing_only import (
     CAPTION,
     EyesConfig,
     annotation_of,
     answer_loss,
     build_batch,
+    caption_scores,
     train_eyes,
 )
 from molmo_lite.prompts import generation_prompt_ids
@@ -169,3 +171,36 @@ def test_the_docs_table_comes_from_the_benchmark_json():
     for folder in bench.PRETRAINED:  # a shipped backbone is in the repository, with its pre-training's summary
         shipped = json.loads((bench.ROOT / folder / "config.json").read_text())
         assert shipped["pretrain"]["minutes"] > 5 and (bench.ROOT / folder / "model.safetensors").stat().st_size < 20e6
+
+
+class WritesGiven:
+    """A stand-in model whose captions are fixed text: the scoring alone is under test."""
+
+    def __init__(self, texts):
+        self.texts = list(texts)
+
+    def eval(self):
+        pass
+
+    def train(self):
+        pass
+
+    def generate(self, images, prompts, max_new_tokens):
+        out, self.texts = self.texts[:len(prompts)], self.texts[len(prompts):]
+        return out
+
+
+def test_caption_scores_count_an_object_found_only_with_its_colour_shape_and_place():
+    scene = [SceneObject("circle", "red", 20.0, 20.0, 5), SceneObject("square", "blue", 60.0, 60.0, 5),
+             SceneObject("triangle", "green", 80.0, 30.0, 5)]
+    example = Example(np.zeros((56, 56, 3), np.uint8), [], "pointing", {"objects": scene})
+    # red circle: 5 units off, a hit; blue square named twice (the second is a false entry); the green triangle
+    # placed right but called yellow: placed, not found; one entry far from everything
+    text = "red circle 23.0 24.0; blue square 61.0 60.0; blue square 60.0 61.0; yellow triangle 80.0 30.0; " \
+           "red square 5.0 95.0"
+    got = caption_scores(WritesGiven([text]), [example])
+    assert got["precision"] == pytest.approx(2 / 5) and got["recall"] == pytest.approx(2 / 3)
+    assert got["f1"] == pytest.approx(2 * (2 / 5) * (2 / 3) / (2 / 5 + 2 / 3))
+    assert got["placed"] == pytest.approx(1.0)
+    far = caption_scores(WritesGiven(["red circle 30.0 20.0"]), [example])  # 10 units off: beyond the radius
+    assert far["recall"] == 0 and far["placed"] == 0

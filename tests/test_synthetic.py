@@ -91,3 +91,32 @@ def test_textures_are_drawn():
     assert outlined[32, 17].astype(float).sum() < solid[32, 17].astype(float).sum() - 150  # a dark outline
     # the shadow: the same circle moved 4 px down-right covers (36, 50), which the circle itself does not
     assert shadowed[36, 50].astype(float).sum() < solid[36, 50].astype(float).sum() - 100
+
+
+def test_the_second_renderer_draws_the_same_objects_another_way():
+    """The shift check's renderer: the centre of every object shows its colour (jittered by at most 20 per channel),
+    each shape covers the pixels chapter 07's renderer covers (PIL at 4x), and the background is one grey level or
+    noisy; deterministic from the seed; 1-6 targets, 112 px."""
+    from molmo_lite.data.synthetic import SceneObject, render_scene_shifted, shifted_pointing_examples
+
+    examples = shifted_pointing_examples(40, seed=2)
+    assert {ex.meta["background"] for ex in examples} == {"plain", "noisy"}
+    assert all(1 <= ex.meta["count"] <= 6 and ex.image.shape == (112, 112, 3) for ex in examples)
+    for ex in examples:
+        for obj in ex.meta["objects"]:
+            pixel = ex.image[int(obj.y / 100 * 112), int(obj.x / 100 * 112)].astype(int)
+            assert np.abs(pixel - np.array(COLOURS[obj.colour])).max() <= 20, (obj, pixel)
+        if ex.meta["background"] == "plain":  # the most frequent pixel: one grey level
+            values, counts = np.unique(ex.image.reshape(-1, 3), axis=0, return_counts=True)
+            r, g, b = values[counts.argmax()]
+            assert r == g == b and 40 <= r <= 200
+        else:
+            assert ex.image[:4, :4].astype(float).std() > 10  # noise even in a corner without objects
+    assert [x.image.tobytes() for x in shifted_pointing_examples(3, seed=2)] == [x.image.tobytes()
+                                                                                 for x in examples[:3]]
+    red = np.array(COLOURS["red"])
+    for shape in ("circle", "square", "triangle"):
+        obj = [SceneObject(shape, "red", 50, 50, 30)]
+        ours = np.abs(render_scene_shifted(obj, 112, np.random.default_rng(0)).astype(int) - red).max(-1) <= 40
+        pil = np.abs(render_scene(obj, 112, (128, 128, 128)).astype(int) - red).max(-1) <= 40
+        assert (ours & pil).sum() / (ours | pil).sum() > 0.95, shape

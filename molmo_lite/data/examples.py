@@ -23,7 +23,7 @@ import numpy as np
 
 from ..prompts import Message
 
-SPLITS = ("train", "heldout")  # every synthetic generator draws the two from separate seed streams
+SPLITS = ("train", "heldout", "shift")  # separate seed streams; "shift": held-out scenes of another renderer
 
 
 @dataclass
@@ -39,7 +39,8 @@ class Example:
 
 
 def split_seed(seed: int, split: str) -> np.random.SeedSequence:
-    """The seed stream of a split: ``train`` and ``heldout`` never share random numbers for the same seed."""
+    """The seed stream of a split: ``train``, ``heldout`` and ``shift`` never share random numbers for the same
+    seed."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split),))

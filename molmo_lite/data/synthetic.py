@@ -226,6 +226,68 @@ def pointing_examples(n: int, seed: int = 0, split: str = "train", size: int = 5
     return examples_of(lambda rng: pointing_example(rng, size, max_count, max_distractors), n, seed, split)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# A second renderer, for held-out checks only (never used in training): are the eyes tuned to one way of drawing?
+# --------------------------------------------------------------------------------------------------------------------
+
+SHIFT_BACKGROUNDS = ("plain", "noisy")
+
+
+def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray:
+    """The pixels whose centres fall inside the shape (the geometry of ``_draw_shape``)."""
+    if shape == "circle":
+        return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    if shape == "square":
+        return (np.abs(xx - cx) <= 0.85 * r) & (np.abs(yy - cy) <= 0.85 * r)
+    # the triangle of _draw_shape: apex (cx, cy - r), base at cy + 0.8 r from cx - r to cx + r
+    return (yy <= cy + 0.8 * r) & (np.abs(xx - cx) <= (yy - (cy - r)) / 1.8)
+
+
+def render_scene_shifted(objects: list[SceneObject], size: int = 112, rng: np.random.Generator | None = None,
+                         background: str = "plain") -> np.ndarray:
+    """The same objects drawn another way -> uint8 [size, size, 3]: one sample per pixel (hard, aliased edges, where
+    ``render_scene`` draws at 4x and smooths), every object's colour jittered by up to 20 per channel, and a
+    background the training scenes never have: "plain", one grey level (40-200, not a tint of 90-170), or "noisy",
+    a tint with Gaussian noise (sd 25) on every pixel. Outlines and shadows as ``render_scene``'s textures."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    if background not in SHIFT_BACKGROUNDS:
+        raise ValueError(f"background must be one of {SHIFT_BACKGROUNDS}, got {background!r}")
+    if background == "plain":
+        canvas = np.full((size, size, 3), float(rng.integers(40, 201)))
+    else:
+        canvas = rng.integers(90, 171, size=3).astype(float) + rng.normal(0, 25, size=(size, size, 3))
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    for obj in objects:
+        cx, cy, r = (v / 100 * size for v in (obj.x, obj.y, obj.radius))
+        if obj.texture == "shadowed":
+            canvas[_shape_mask(obj.shape, xx, yy, cx + 0.25 * r, cy + 0.25 * r, r)] = (50, 50, 50)
+        inside = _shape_mask(obj.shape, xx, yy, cx, cy, r)
+        canvas[inside] = np.clip(np.array(COLOURS[obj.colour]) + rng.integers(-20, 21, size=3), 0, 255)
+        if obj.texture == "outlined":
+            width = max(1.0, 0.18 * r)
+            ring = inside & ~_shape_mask(obj.shape, xx, yy, cx, cy, r - width)
+            canvas[ring] = (20, 20, 20) if obj.colour != "black" else (245, 245, 245)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def shifted_pointing_example(rng: np.random.Generator, size: int = 112, max_count: int = 6,
+                             max_distractors: int = 4) -> Example:
+    """A ``pointing_example`` scene (1..max_count of the class among 0..max_distractors others, all three
+    annotations) drawn by ``render_scene_shifted`` at ``size`` px, on a plain or a noisy background in turn at
+    random; meta["background"] says which."""
+    example = pointing_example(rng, max_count=max_count, max_distractors=max_distractors, min_count=1, render=False)
+    background = str(rng.choice(SHIFT_BACKGROUNDS))
+    image = render_scene_shifted(example.meta["objects"], size, rng, background)
+    return Example(image, example.messages, example.task, example.meta | {"background": background})
+
+
+def shifted_pointing_examples(n: int, seed: int = 0, size: int = 112, max_count: int = 6,
+                              max_distractors: int = 4) -> list[Example]:
+    """n ``shifted_pointing_example`` scenes of the "shift" seed stream: held-out scenes of another renderer (the
+    shift check of chapter 10; no training stream draws them)."""
+    return examples_of(lambda rng: shifted_pointing_example(rng, size, max_count, max_distractors), n, seed, "shift")
+
+
 def _a(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
