@@ -50,11 +50,32 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                    "more steps in the same minutes, its features kept as pre-training left them",
                                    {"patch_size": 7, "vision_init": "data_samples/backbones/vit_p7_dense",
                                     "lr_vit": 0.0}),
+    "e6-scene112-frozen": ("e5 with the same scenes drawn at 112 px: Molmo's overview (the scene shrunk to one crop "
+                           "of 56 px, 16 tokens) and 2 x 2 overlapping crops at full resolution (49 tokens, each over "
+                           "16 px of the 112, about the oracle's cell); the frozen ViT saw only 56 px scenes",
+                           {"patch_size": 7, "scene_size": 112, "vision_init": "data_samples/backbones/vit_p7_dense",
+                            "lr_vit": 0.0}),
+    "e7-dense60-frozen": ("e5 with the ViT pre-trained three times as long (60 minutes of dense captions: e5's 20, "
+                          "then 40 more from its ViT with a fresh connector and LLM)",
+                          {"patch_size": 7, "vision_init": "data_samples/backbones/vit_p7_dense60", "lr_vit": 0.0}),
+    "e8-dense60-frozen-pool1": ("e7 without pooling: 64 tokens per crop, one per 7 px cell as the oracle's (128 with "
+                                "the overview)", {"patch_size": 7, "pooling": (1, 1), "lr_vit": 0.0,
+                                                  "vision_init": "data_samples/backbones/vit_p7_dense60"}),
+    "e9-dense60-frozen-1crop": ("e7 with at most one crop beside the overview: the same tokens for chapter 07's 56 px "
+                                "scenes (their one crop is the whole scene), and a larger image shrunk to that crop "
+                                "instead of cut into 2 x 2 crops the model never trained on (the shift check's 112 px)",
+                                {"patch_size": 7, "max_crops": 1, "lr_vit": 0.0,
+                                 "vision_init": "data_samples/backbones/vit_p7_dense60"}),
 }
-DEFAULT = "e5-patch7-dense-vit-frozen"
+DEFAULT = "e9-dense60-frozen-1crop"
 
 # vision_init folders the harness builds when missing: folder -> molmo_lite.pointing_only's command-line arguments
-PRETRAINED = {"data_samples/backbones/vit_p7_dense": ["--minutes", "20", "--patch-size", "7"]}
+# (an --init folder is built first when it is missing too)
+PRETRAINED = {
+    "data_samples/backbones/vit_p7_dense": ["--minutes", "20", "--patch-size", "7"],
+    "data_samples/backbones/vit_p7_dense60": ["--minutes", "40", "--patch-size", "7",
+                                              "--init", "data_samples/backbones/vit_p7_dense"],
+}
 
 
 def pretrained(folder: str) -> dict:
@@ -64,8 +85,13 @@ def pretrained(folder: str) -> dict:
     if not (path / "model.safetensors").exists():
         from molmo_lite import pointing_only
 
+        args = list(PRETRAINED[folder])
+        if "--init" in args:  # the pre-training it goes on from, built first when it is missing
+            k = args.index("--init") + 1
+            pretrained(args[k])
+            args[k] = str(ROOT / args[k])
         print(f"{folder} is missing: pre-training it ({' '.join(PRETRAINED[folder])})", flush=True)
-        pointing_only.main(PRETRAINED[folder] + ["--out", str(path)])
+        pointing_only.main(args + ["--out", str(path)])
     return json.loads((path / "config.json").read_text())["pretrain"]
 
 

@@ -228,9 +228,11 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
     final = evaluate_eyes(model, held)
     shuffled = evaluate_eyes(model, during, shuffled=True)
     shifted = evaluate_shift(model, shifted_pointing_examples(len(held), 0))
+    shifted_56 = evaluate_shift(model, shifted_pointing_examples(len(held), 0, size=56))  # the renderer alone
     return {"config": asdict(config)} | trained | {
         "wall_minutes": round((time.perf_counter() - start) / 60, 2), "heldout": len(held), "final": final,
         "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")}, "shift": shifted,
+        "shift_56px": {k: shifted_56[k] for k in ("pointing_f1", "counting_exact", "by_background")},
         "image_tokens": sum(t == "<im_patch>" for t in model.processor(held[0].image).tokens), "model": model}
 
 
