@@ -189,6 +189,8 @@ def evaluate_shift(model: MolmoLite, examples: Sequence[Example]) -> dict:
     out = {k: report[k] for k in ("pointing_f1", "counting_exact", "by_count", "samples")} | {"by_background": {}}
     for background in SHIFT_BACKGROUNDS:
         idx = [i for i, ex in enumerate(examples) if ex.meta["background"] == background]
+        if not idx:
+            continue
         part = score_answers([examples[i] for i in idx], [pointed[i] for i in idx], [counted[i] for i in idx])
         out["by_background"][background] = {"n": len(idx), "pointing_f1": part["pointing_f1"],
                                             "counting_exact": part["counting_exact"]}
