@@ -66,6 +66,9 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                 "instead of cut into 2 x 2 crops the model never trained on (the shift check's 112 px)",
                                 {"patch_size": 7, "max_crops": 1, "lr_vit": 0.0,
                                  "vision_init": "data_samples/backbones/vit_p7_dense60"}),
+    "e10-dense60-vit1e-4-1crop": ("e9 with the pre-trained ViT learning at a tenth of the LLM's rate (1e-4) instead "
+                                  "of frozen", {"patch_size": 7, "max_crops": 1, "lr_vit": 1e-4,
+                                                "vision_init": "data_samples/backbones/vit_p7_dense60"}),
 }
 DEFAULT = "e9-dense60-frozen-1crop"
 
