@@ -97,14 +97,20 @@ def caption_recall(caption: str, objects: Sequence[Any]) -> float:
     return float(np.mean([f"{c} {s}" in text for c, s in kinds])) if kinds else 1.0
 
 
-def generate_answers(model: MolmoLite, examples: Sequence[Example], task: str, batch_size: int = 16,
-                     max_new_tokens: int | None = None) -> list[str]:
-    prompts = [_prompt(_question(ex, task)) for ex in examples]
+def generate_in_batches(model: MolmoLite, examples: Sequence[Example], prompts: Sequence[str], max_new_tokens: int,
+                        batch_size: int = 16) -> list[str]:
+    """``model.generate`` on each example's image with its prompt, ``batch_size`` at a time."""
     answers = []
     for i in range(0, len(examples), batch_size):
-        answers += model.generate([ex.image for ex in examples[i:i + batch_size]], prompts[i:i + batch_size],
-                                  max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[task])
+        answers += model.generate([ex.image for ex in examples[i:i + batch_size]], list(prompts[i:i + batch_size]),
+                                  max_new_tokens=max_new_tokens)
     return answers
+
+
+def generate_answers(model: MolmoLite, examples: Sequence[Example], task: str, batch_size: int = 16,
+                     max_new_tokens: int | None = None) -> list[str]:
+    return generate_in_batches(model, examples, [_prompt(_question(ex, task)) for ex in examples],
+                               max_new_tokens or MAX_NEW_TOKENS[task], batch_size)
 
 
 def score(task: str, examples: Sequence[Example], answers: Sequence[str]) -> dict[str, float]:

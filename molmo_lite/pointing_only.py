@@ -33,7 +33,7 @@ from .config import MOLMO_PRESETS, MolmoConfig
 from .data.corpus import scene_text
 from .data.examples import Example, split_seed
 from .data.synthetic import SHIFT_BACKGROUNDS, pointing_example, pointing_examples, shifted_pointing_examples
-from .evaluate import shuffled_images
+from .evaluate import generate_in_batches, shuffled_images
 from .model import MolmoLite
 from .oracle import (
     annotation,
@@ -142,17 +142,18 @@ def forward(model: MolmoLite, part: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def answers(model: MolmoLite, examples: Sequence[Example], which: int, batch_size: int = 50,
-            max_new_tokens: int = 200) -> list[str]:
-    """Greedy answers to annotation ``which`` of each example, through ``MolmoLite.generate`` (its prompt layout)."""
+def generated(model: MolmoLite, examples: Sequence[Example], prompts: Sequence[str], max_new_tokens: int,
+              batch_size: int = 50) -> list[str]:
+    """Greedy answers of ``MolmoLite.generate`` (its prompt layout) to one prompt per example, in batches, stripped."""
     model.eval()
-    texts = []
-    for k in range(0, len(examples), batch_size):
-        chunk = examples[k:k + batch_size]
-        texts += model.generate([ex.image for ex in chunk], [annotation(ex, which)[0] for ex in chunk],
-                                max_new_tokens=max_new_tokens)
+    texts = generate_in_batches(model, examples, prompts, max_new_tokens, batch_size)
     model.train()
     return [t.strip() for t in texts]
+
+
+def answers(model: MolmoLite, examples: Sequence[Example], which: int, max_new_tokens: int = 200) -> list[str]:
+    """Greedy answers to annotation ``which`` of each example (``generated``)."""
+    return generated(model, examples, [annotation(ex, which)[0] for ex in examples], max_new_tokens)
 
 
 @torch.no_grad()
@@ -247,13 +248,7 @@ def caption_scores(model: MolmoLite, examples: Sequence[Example], radius: float 
     pointing metric's hit distance); -> object precision, recall, F1 (an entry in the right place with a wrong
     colour or shape is a miss), and "placed": the share of objects that some entry puts within the radius, whatever
     it calls them."""
-    model.eval()
-    prompts = [format_messages([scene_caption(ex)])[0][0] for ex in examples]
-    written = []
-    with torch.no_grad():
-        for k in range(0, len(examples), 50):
-            written += model.generate([ex.image for ex in examples[k:k + 50]], prompts[k:k + 50], max_new_tokens=250)
-    model.train()
+    written = generated(model, examples, [format_messages([scene_caption(ex)])[0][0] for ex in examples], 250)
     hits = placed = entries = objects = 0
     for ex, text in zip(examples, written):
         said = [(c, sh, float(x), float(y)) for c, sh, x, y in _CAPTION_ENTRY.findall(text)]
@@ -269,7 +264,7 @@ def caption_scores(model: MolmoLite, examples: Sequence[Example], radius: float 
                 hits += 1
     precision, recall = hits / max(entries, 1), hits / max(objects, 1)
     return {"precision": precision, "recall": recall, "placed": placed / max(objects, 1),
-            "f1": 2 * precision * recall / max(precision + recall, 1e-9), "sample": written[0].strip()}
+            "f1": 2 * precision * recall / max(precision + recall, 1e-9), "sample": written[0]}
 
 
 def pretrain_vit(out: str | Path, minutes: float, config: EyesConfig = EyesConfig(patch_size=7),
