@@ -76,6 +76,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                              "own longest (same gradient, 37% of a step was padding) and no padding mask in training "
                              "(causal alone: 1.4x the steps per second)",
                              {"optimizer": "muon", "question_first": True, "micro_batches": 2}),
+    "o17-qf-windows2x2": ("o16 with one token per 2 x 2 window of cells (16 tokens of 14 px, the real path's 2 x 2 "
+                          "pooling of 7 px patches) that lists its four cells' features side by side: what a pooled "
+                          "token could say at best",
+                          {"optimizer": "muon", "question_first": True, "micro_batches": 2, "pool": 2}),
 }
 DEFAULT = "o16-qf-length-chunks"
 

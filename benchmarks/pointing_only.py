@@ -69,6 +69,25 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "e10-dense60-vit1e-4-1crop": ("e9 with the pre-trained ViT learning at a tenth of the LLM's rate (1e-4) instead "
                                   "of frozen", {"patch_size": 7, "max_crops": 1, "lr_vit": 1e-4,
                                                 "vision_init": "data_samples/backbones/vit_p7_dense60"}),
+    "e11-cells8-frozen-1crop": ("e9 with a ViT pre-trained for 8 minutes to say what is in each cell "
+                                "(`pretrain_vit_cells`: the mean of its features over each 2 x 2 window, through a "
+                                "linear head, gives the colour or 'empty', shape, offset, row and column of the "
+                                "window's four cells; pixel noise on half the scenes), frozen",
+                                {"patch_size": 7, "max_crops": 1, "lr_vit": 0.0,
+                                 "vision_init": "data_samples/backbones/vit_p7_cells8"}),
+    "e12-cells25-frozen-1crop": ("e11 with the cell pre-training run 25 minutes (shipped)",
+                                 {"patch_size": 7, "max_crops": 1, "lr_vit": 0.0,
+                                  "vision_init": "data_samples/backbones/vit_p7_cells"}),
+    "e13-cells25-frozen-pool1": ("e12 without pooling: one token per 7 px cell as the oracle's (64 per crop, 128 with "
+                                 "the overview); the cell pre-training asked each patch for its own cell",
+                                 {"patch_size": 7, "max_crops": 1, "pooling": (1, 1), "lr_vit": 0.0,
+                                  "vision_init": "data_samples/backbones/vit_p7_cells"}),
+    "e14-cells25-frozen-meanpool": ("e12 with the attention pooling starting as the window's mean (its query "
+                                    "projection at 0): with the default initialisation it starts peaked on one "
+                                    "patch of the four (largest weight 0.64 on average), losing what the cell "
+                                    "pre-training put in the others",
+                                    {"patch_size": 7, "max_crops": 1, "lr_vit": 0.0, "uniform_pooling": True,
+                                     "vision_init": "data_samples/backbones/vit_p7_cells"}),
 }
 DEFAULT = "e9-dense60-frozen-1crop"
 
@@ -78,6 +97,10 @@ PRETRAINED = {
     "data_samples/backbones/vit_p7_dense": ["--minutes", "20", "--patch-size", "7"],
     "data_samples/backbones/vit_p7_dense60": ["--minutes", "40", "--patch-size", "7",
                                               "--init", "data_samples/backbones/vit_p7_dense"],
+    "data_samples/backbones/vit_p7_cells8": ["--objective", "cells", "--minutes", "8", "--patch-size", "7",
+                                             "--max-crops", "1", "--noise", "30"],
+    "data_samples/backbones/vit_p7_cells": ["--objective", "cells", "--minutes", "25", "--patch-size", "7",
+                                            "--max-crops", "1", "--noise", "30"],
 }
 
 

@@ -95,6 +95,14 @@ def cell_features(objects: Sequence[SceneObject], grid: int = 8) -> np.ndarray:
     return f.reshape(grid * grid, -1)
 
 
+def window_features(objects: Sequence[SceneObject], grid: int = 8, pool: int = 1) -> np.ndarray:
+    """``cell_features`` of each ``pool`` x ``pool`` window of cells side by side: what one image token pooled over
+    that window could say at best -> float32 [(grid / pool)^2, pool^2 * feature_size(grid)], windows and the cells
+    inside each in raster order (pool 1: ``cell_features``)."""
+    f = cell_features(objects, grid).reshape(grid // pool, pool, grid // pool, pool, -1)
+    return f.transpose(0, 2, 1, 3, 4).reshape((grid // pool) ** 2, -1)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Configuration, data and the model.
 # --------------------------------------------------------------------------------------------------------------------
@@ -133,6 +141,7 @@ class OracleConfig:
     weight_decay: float = 0.0
     optimizer: str = "adamw"  # or "muon": Muon for the hidden weight matrices, AdamW for the rest
     grid: int = 8
+    pool: int = 1  # > 1: one token per pool x pool window of cells, its cells' features side by side
     question_first: bool = False
     curriculum: str = "none"
     lm_init: str | None = None
@@ -150,6 +159,8 @@ class OracleConfig:
             raise ValueError("the match bit depends on the question: a packed row holds three questions")
         if self.question_first and self.pack_annotations:
             raise ValueError("question_first puts each question before the image: it cannot pack three annotations")
+        if self.pool > 1 and (self.match_bit or self.pack_annotations or self.features != "cells"):
+            raise ValueError("pool > 1 reads the cells' features alone (no match bit, words or packing)")
         if self.micro_batches > 1 and self.pack_annotations:
             raise ValueError("micro_batches splits one-annotation rows by length; packed rows are already dense")
 
@@ -195,7 +206,7 @@ class OracleModel(nn.Module):
         if self.llm.config.hidden != config.hidden:
             raise ValueError(f"lm_init {config.lm_init} has width {self.llm.config.hidden}, the config {config.hidden}")
         width = self.llm.config.hidden
-        inputs = feature_size(config.grid) + int(config.match_bit)
+        inputs = config.pool ** 2 * feature_size(config.grid) + int(config.match_bit)
         self.proj = nn.Sequential(nn.Linear(inputs, width), nn.GELU(), nn.Linear(width, width))
         if config.features not in ("cells", "words"):
             raise ValueError(f"features must be 'cells' or 'words', got {config.features!r}")
@@ -265,21 +276,21 @@ def right_padded(rows: Sequence[list[int]], targets: Sequence[list[int]], pad_id
 
 def build_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], which: Sequence[int], grid: int,
                 question_first: bool = False, with_answer: bool = True, rng: np.random.Generator | None = None,
-                match_bit: bool = False) -> dict[str, torch.Tensor]:
+                match_bit: bool = False, pool: int = 1) -> dict[str, torch.Tensor]:
     """One padded batch (right-padded for training, the prompts alone when not ``with_answer``): input_ids,
     attention_mask, targets (the answer and EOS; IGNORE_INDEX elsewhere), features (with ``match_bit``, one more
-    column: ``match_column``), patch_positions."""
+    column: ``match_column``; pool > 1: one token per window, ``window_features``), patch_positions."""
     patch = tokenizer.token_to_id(IMAGE_TOKENS[2])
     rows, targets, positions = [], [], []
     for ex, k in zip(examples, which):
         prompt, answer = annotation(ex, k, rng)
-        ids = generation_prompt_ids(tokenizer, prompt, image_tokens(grid), question_first)  # EOS is the tiny BPE's BOS
+        ids = generation_prompt_ids(tokenizer, prompt, image_tokens(grid // pool), question_first)  # EOS: BPE's BOS
         answer_ids = tokenizer.encode(" " + answer) + [tokenizer.eos_id] if with_answer else []
         positions.append([i for i, t in enumerate(ids) if t == patch])
         targets.append([IGNORE_INDEX] * len(ids) + answer_ids)
         rows.append(ids + answer_ids)
     batch = right_padded(rows, targets, tokenizer.pad_id)
-    features = [cell_features(ex.meta["objects"], grid) for ex in examples]
+    features = [window_features(ex.meta["objects"], grid, pool) for ex in examples]
     if match_bit:  # the answer's points: meta["points"] for annotations 0 and 1, meta["other_points"] for 2
         features = [np.concatenate([f, match_column(ex.meta["objects"], ex.meta["other_points" if k == 2 else
                                                                                   "points"], grid)], 1)
@@ -344,7 +355,7 @@ def answers(model: OracleModel, tokenizer: MolmoTokenizer, examples: Sequence[Ex
     for k in range(0, len(examples), batch_size):
         chunk = examples[k:k + batch_size]
         batch = build_batch(tokenizer, chunk, [which] * len(chunk), model.config.grid, model.config.question_first,
-                            with_answer=False, match_bit=model.config.match_bit)
+                            with_answer=False, match_bit=model.config.match_bit, pool=model.config.pool)
         embeds = model.embed(batch["input_ids"], batch["features"], batch["patch_positions"])
         out = model.llm.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens, tokenizer.eos_id,
                                  inputs_embeds=embeds)
@@ -559,7 +570,7 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
         else:  # the mean over all the step's answer tokens, accumulated over chunks of rows of similar length
             which = [int(k) for k in rng.choice(config.annotations, size=len(examples))]
             batch = build_batch(tokenizer, examples, which, config.grid, config.question_first, rng=rng,
-                                match_bit=config.match_bit)
+                                match_bit=config.match_bit, pool=config.pool)
             loss = backward_in_chunks(batch, config.micro_batches, forward)
         return loss, int(batch["targets"].ne(IGNORE_INDEX).sum())
 

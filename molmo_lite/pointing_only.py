@@ -19,6 +19,7 @@ configurations and writes their JSON.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -32,19 +33,28 @@ from .clip_pretrain import load_encoder, save_encoder
 from .config import MOLMO_PRESETS, MolmoConfig
 from .data.corpus import scene_text
 from .data.examples import Example, split_seed
-from .data.synthetic import SHIFT_BACKGROUNDS, pointing_example, pointing_examples, shifted_pointing_examples
+from .data.synthetic import (
+    COLOURS,
+    SHAPES,
+    SHIFT_BACKGROUNDS,
+    pointing_example,
+    pointing_examples,
+    shifted_pointing_examples,
+)
 from .evaluate import generate_in_batches, shuffled_images
 from .model import MolmoLite
 from .oracle import (
     annotation,
     backward_in_chunks,
     build_optimizer,
+    feature_size,
     loss_of,
     right_padded,
     score_answers,
     timed_training,
+    window_features,
 )
-from .preprocessing import ImageInputs, batch_images
+from .preprocessing import ImageInputs, MolmoImageProcessor, batch_images
 from .prompts import IGNORE_INDEX, Message, format_messages, generation_prompt_ids
 
 
@@ -61,7 +71,13 @@ class EyesConfig:
     vision_init: a ViT folder to start from (its geometry must be this config's), as Molmo starts from CLIP.
     scene_sizes: when given, each training scene is drawn at one of these sides picked at random (Molmo trains on
     images of many resolutions: a 112 px scene becomes the overview and 2 x 2 crops of 56 px); held-out scenes keep
-    scene_size.
+    scene_size. scene_pool: drawing and preprocessing a scene costs about an eighth of a step, so with a pool a step
+    samples its batch_size scenes from ``scene_pool`` drawn (and preprocessed) once, replacing ``fresh_scenes`` of
+    them by new ones each step (each scene is then seen about batch_size / fresh_scenes times, each time with an
+    annotation drawn anew); 0 draws every scene anew. uniform_pooling: with the default initialisation and a
+    pre-trained ViT's features (norm about 50 per patch) the attention pooling starts peaked and content-dependent
+    (its largest weight about 0.65 of the window's four); a zero query projection makes it start as the window's
+    mean, which it then learns away from.
     """
 
     scene_size: int = 56
@@ -88,6 +104,9 @@ class EyesConfig:
     caption_rate: float = 0.0  # share of the rows that are a dense caption instead (``scene_caption``)
     vision_init: str | None = None  # a saved ViT folder to start from (e.g. ``pretrain_vit``'s)
     scene_sizes: tuple[int, ...] = ()  # training scenes at these sides, one picked per scene (empty: scene_size)
+    scene_pool: int = 0  # > 0: a step samples its scenes from a pool of this many (drawn in the first step)
+    fresh_scenes: int = 4  # with scene_pool: scenes of the pool replaced by new ones at each step
+    uniform_pooling: bool = False  # the attention pooling's query projection starts at 0: a plain mean at step 0
     seed: int = 0
 
     def molmo_config(self) -> MolmoConfig:
@@ -198,6 +217,17 @@ def evaluate_shift(model: MolmoLite, examples: Sequence[Example]) -> dict:
     return out
 
 
+def build_model(config: EyesConfig) -> MolmoLite:
+    """The tiny Molmo of ``config``: its ViT from ``vision_init`` when given, the rest from a random start (the
+    attention pooling's query projection at 0 with ``uniform_pooling``)."""
+    vision = load_encoder(Path(config.vision_init)) if config.vision_init else None
+    model = MolmoLite.from_parts(config.molmo_config(), vision=vision)
+    if config.uniform_pooling:
+        torch.nn.init.zeros_(model.connector.pool.wq.weight)
+        torch.nn.init.zeros_(model.connector.pool.wq.bias)
+    return model
+
+
 def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | None = None, heldout: int = 200,
                evals: int = 5, log: Callable[[str], None] | None = print, threads: int | None = None) -> dict:
     """Train the whole tiny Molmo on pointing and counting for ``minutes`` of training time (drawing the scenes and
@@ -207,22 +237,37 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
-    vision = load_encoder(Path(config.vision_init)) if config.vision_init else None
-    model = MolmoLite.from_parts(config.molmo_config(), vision=vision)
+    model = build_model(config)
     optimizers = build_optimizer(model, config, {"vision.": config.lr_vit, "connector.": config.lr_connector})
     rng = np.random.default_rng(split_seed(config.seed, "train"))
     held = pointing_examples(heldout, 0, "heldout", config.scene_size, max_count=10)  # chapter 07's held-out scenes
     during = held[:min(len(held), 100)]
     start = time.perf_counter()
 
+    pool: list[tuple[Example, ImageInputs]] = []
+    drawn = [0]
+
+    def draw() -> tuple[Example, ImageInputs]:
+        drawn[0] += 1
+        ex = pointing_example(rng, size=int(rng.choice(config.scene_sizes)) if config.scene_sizes
+                              else config.scene_size, max_count=config.max_count,
+                              max_distractors=config.max_distractors)
+        return ex, model.processor(ex.image)
+
     def step_fn(progress: float) -> tuple[torch.Tensor, int]:
-        examples = [pointing_example(rng, size=int(rng.choice(config.scene_sizes)) if config.scene_sizes
-                                     else config.scene_size, max_count=config.max_count,
-                                     max_distractors=config.max_distractors) for _ in range(config.batch_size)]
+        if config.scene_pool:
+            if not pool:  # drawn inside the first step, so that its minutes count
+                pool.extend(draw() for _ in range(config.scene_pool))
+            for k in rng.choice(len(pool), size=config.fresh_scenes, replace=False):
+                pool[k] = draw()
+            scenes = [pool[k] for k in rng.choice(len(pool), size=config.batch_size, replace=False)]
+        else:
+            scenes = [draw() for _ in range(config.batch_size)]
+        examples = [ex for ex, _ in scenes]
         which = [int(k) for k in rng.choice(config.annotations, size=len(examples))]
         if config.caption_rate:
             which = [CAPTION if rng.random() < config.caption_rate else k for k in which]
-        batch = build_batch(model, examples, which, model.prepare_images([ex.image for ex in examples]), rng)
+        batch = build_batch(model, examples, which, [image for _, image in scenes], rng)
         loss = backward_in_chunks(batch, config.micro_batches, lambda part: forward(model, part))
         return loss, int(batch["targets"].ne(IGNORE_INDEX).sum())
 
@@ -233,7 +278,8 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
     shifted = evaluate_shift(model, shifted_pointing_examples(len(held), 0))
     shifted_56 = evaluate_shift(model, shifted_pointing_examples(len(held), 0, size=56))  # the renderer alone
     return {"config": asdict(config)} | trained | {
-        "wall_minutes": round((time.perf_counter() - start) / 60, 2), "heldout": len(held), "final": final,
+        "wall_minutes": round((time.perf_counter() - start) / 60, 2), "scenes_drawn": drawn[0], "heldout": len(held),
+        "final": final,
         "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")}, "shift": shifted,
         "shift_56px": {k: shifted_56[k] for k in ("pointing_f1", "counting_exact", "by_background")},
         "image_tokens": sum(t == "<im_patch>" for t in model.processor(held[0].image).tokens), "model": model}
@@ -289,21 +335,153 @@ def pretrain_vit(out: str | Path, minutes: float, config: EyesConfig = EyesConfi
     return summary
 
 
+def noisy(image: np.ndarray, rng: np.random.Generator, max_sd: float) -> np.ndarray:
+    """The image with Gaussian noise of a random sd (0..max_sd grey levels) on every pixel: an augmentation."""
+    noise = rng.normal(0.0, rng.uniform(0.0, max_sd), image.shape)
+    return np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+
+
+def cell_classes(targets: torch.Tensor, grid: int) -> dict[str, torch.Tensor]:
+    """``oracle.window_features`` [B, windows, cells * F] -> per cell (flattened [B * windows * cells]): "colour"
+    (its object's colour, or len(COLOURS) when empty), "shape", "offset" [., 2], "row", "column" (grid indices),
+    "occupied"."""
+    n_colour, n_shape = len(COLOURS), len(SHAPES)
+    t = targets.reshape(-1, feature_size(grid))
+    occupied = t[:, :n_colour].sum(-1) > 0
+    colour = torch.where(occupied, t[:, :n_colour].argmax(-1), torch.full_like(occupied, n_colour, dtype=torch.long))
+    rows = n_colour + n_shape + 2
+    return {"colour": colour, "shape": t[:, n_colour:n_colour + n_shape].argmax(-1),
+            "offset": t[:, n_colour + n_shape:rows], "row": t[:, rows:rows + grid].argmax(-1),
+            "column": t[:, rows + grid:].argmax(-1), "occupied": occupied}
+
+
+def cell_head_size(grid: int) -> int:
+    """Outputs per cell of ``pretrain_vit_cells``'s head: colour or empty, shape, offset (x, y), row, column."""
+    return len(COLOURS) + 1 + len(SHAPES) + 2 + 2 * grid
+
+
+def cell_losses(pred: torch.Tensor, targets: torch.Tensor, grid: int) -> dict[str, torch.Tensor]:
+    """The terms of ``pretrain_vit_cells``'s objective, and its held-out scores: cross-entropy of the colour (or
+    empty) of every cell, of the shape and squared error of the offset where a cell holds an object, cross-entropy of
+    the row and column; with the accuracies (colour, shape on occupied cells; empty cells called empty) and the mean
+    offset error in cells."""
+    import torch.nn.functional as F
+
+    c = cell_classes(targets, grid)
+    p = pred.reshape(len(c["colour"]), cell_head_size(grid))
+    k = len(COLOURS) + 1
+    colour, shape = p[:, :k], p[:, k:k + len(SHAPES)]
+    offset, rest = p[:, k + len(SHAPES):k + len(SHAPES) + 2], p[:, k + len(SHAPES) + 2:]
+    occ = c["occupied"]
+    with torch.no_grad():
+        scores = {"colour_acc": (colour.argmax(-1) == c["colour"])[occ].float().mean(),
+                  "shape_acc": (shape.argmax(-1) == c["shape"])[occ].float().mean(),
+                  "empty_acc": (colour.argmax(-1) == k - 1)[~occ].float().mean(),
+                  "offset_error": (offset - c["offset"])[occ].abs().mean()}
+    return {"colour": F.cross_entropy(colour, c["colour"]), "shape": F.cross_entropy(shape[occ], c["shape"][occ]),
+            "offset": F.mse_loss(offset[occ], c["offset"][occ]),
+            "position": F.cross_entropy(rest[:, :grid], c["row"]) + F.cross_entropy(rest[:, grid:], c["column"])
+            } | scores
+
+
+def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = EyesConfig(patch_size=7, max_crops=1),
+                       batch_size: int = 64, lr: float = 1e-3, noise: float = 0.0, init: str | Path | None = None,
+                       pool_size: int = 4096, fresh: int = 16, log: Callable[[str], None] | None = print) -> dict:
+    """Pre-train the tiny ViT to say what is in each of its cells: the mean of its features (the two layers the
+    connector reads) over each 2 x 2 window of patches, through a linear head, must give what the oracle knows of
+    the window's four cells (``oracle.window_features``): the colour of the object centred there or "empty", its
+    shape and offset, the cell's row and column (``cell_losses``). Molmo's connector pools those windows, so each cell's
+    content has to survive the pooling: the objective asks for it directly, where a caption asks through an LLM.
+    Scenes are chapter 07's (a seed stream of their own), seen as the connector sees them (``config``'s
+    preprocessor's overview crop); ``noise``: Gaussian pixel noise up to that sd on half the scenes, drawn anew at
+    each use. Drawing a scene costs as much as the ViT's step on it, so a step samples ``batch_size`` scenes from a
+    pool of ``pool_size`` and replaces ``fresh`` of them with new ones (each scene is seen about batch_size / fresh
+    times). The ViT is saved to ``out`` (``save_encoder``; the head is thrown away). -> what it did, with held-out
+    accuracies per cell."""
+    torch.manual_seed(config.seed)
+    cfg = config.molmo_config()
+    vision = load_encoder(Path(init)) if init else MolmoLite.from_parts(cfg).vision
+    processor = MolmoImageProcessor.from_config(cfg.preprocessor)
+    grid, pool = config.crop_size // config.patch_size, config.pooling[0]
+    head = torch.nn.Linear(vision.config.width * len(vision.config.feature_layers), pool * pool * cell_head_size(grid))
+    opt = torch.optim.AdamW(list(vision.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
+    rng = np.random.default_rng(split_seed(config.seed + 1, "train"))  # not the stream of stage 2's scenes
+
+    def scene() -> tuple[np.ndarray, np.ndarray]:
+        ex = pointing_example(rng, size=config.scene_size, max_count=config.max_count,
+                              max_distractors=config.max_distractors)
+        return np.asarray(ex.image), window_features(ex.meta["objects"], grid, pool)
+
+    def batch(scenes: Sequence[tuple[np.ndarray, np.ndarray]], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        images = [im if not (augment and noise and rng.random() < 0.5) else noisy(im, rng, noise) for im, _ in scenes]
+        crops = torch.stack([processor(im).crops[0] for im in images])  # the overview: the whole scene at crop size
+        return crops, torch.from_numpy(np.stack([t for _, t in scenes]))
+
+    def predict(crops: torch.Tensor) -> torch.Tensor:
+        f = vision.features(crops)  # [B, grid^2, 2W]
+        b, _, d = f.shape
+        return head(f.reshape(b, grid // pool, pool, grid // pool, pool, d).mean((2, 4)).reshape(b, -1, d))
+
+    held = pointing_examples(200, 0, "heldout", config.scene_size, max_count=10)
+    held_crops, held_targets = batch([(np.asarray(ex.image), window_features(ex.meta["objects"], grid, pool))
+                                      for ex in held], augment=False)
+    start, steps, losses = time.perf_counter(), 0, []
+    scenes = [scene() for _ in range(pool_size)]  # counted in the minutes
+    while time.perf_counter() - start < minutes * 60:
+        progress = (time.perf_counter() - start) / (minutes * 60)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (steps + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        for k in rng.choice(pool_size, size=fresh, replace=False):
+            scenes[k] = scene()
+        crops, targets = batch([scenes[k] for k in rng.choice(pool_size, size=batch_size, replace=False)], True)
+        terms = cell_losses(predict(crops), targets, grid)
+        loss = terms["colour"] + terms["shape"] + 10 * terms["offset"] + 0.1 * terms["position"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+        losses.append(loss.item())
+        if log and steps % 200 == 0:
+            log(f"step {steps}  {(time.perf_counter() - start) / 60:.1f} min  loss {np.mean(losses[-200:]):.4f}  "
+                f"colour {terms['colour_acc']:.3f}  shape {terms['shape_acc']:.3f}")
+    with torch.no_grad():
+        held_terms = cell_losses(predict(held_crops), held_targets, grid)
+    summary = {"objective": "cells", "minutes": round((time.perf_counter() - start) / 60, 3), "steps": steps,
+               "batch_size": batch_size, "lr": lr, "noise": noise, "pool_size": pool_size, "fresh": fresh,
+               "scenes_drawn": pool_size + steps * fresh, "loss": float(np.mean(losses[-100:])),
+               "heldout": {k: round(float(v), 4) for k, v in held_terms.items()}, "config": asdict(config)}
+    if log:
+        log(f"pretrain_vit_cells: {summary}")
+    if init:
+        summary["init"] = json.loads((Path(init) / "config.json").read_text())["pretrain"]
+    save_encoder(vision, Path(out), {"pretrain": summary})
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m molmo_lite.pointing_only --out DIR --minutes M [--patch-size 7] [--scene-size 56] [--init DIR]``:
-    ``pretrain_vit``."""
+    """``python -m molmo_lite.pointing_only --out DIR --minutes M [--objective caption|cells] [--patch-size 7]
+    [--scene-size 56] [--max-crops 4] [--noise SD] [--init DIR]``: ``pretrain_vit`` (captions) or
+    ``pretrain_vit_cells`` (what is in each cell)."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=pretrain_vit.__doc__)
+    parser = argparse.ArgumentParser(description="Pre-train the tiny ViT of the eyes harness and save it.")
     parser.add_argument("--out", required=True, help="the folder to write the ViT to")
     parser.add_argument("--minutes", type=float, default=20.0, help="training minutes (default 20)")
+    parser.add_argument("--objective", choices=("caption", "cells"), default="caption",
+                        help="caption: the whole tiny Molmo writes dense captions (pretrain_vit); cells: the ViT's "
+                             "pooled features say what is in each cell (pretrain_vit_cells)")
     parser.add_argument("--patch-size", type=int, default=7, help="the ViT's patch size (default 7)")
     parser.add_argument("--scene-size", type=int, default=56, help="the scenes' side in pixels (default 56)")
+    parser.add_argument("--max-crops", type=int, default=4, help="the preprocessor's max_crops (default 4)")
+    parser.add_argument("--noise", type=float, default=0.0, help="cells: pixel noise sd on half the scenes")
     parser.add_argument("--init", help="a ViT folder of an earlier pre-training to go on from")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    print(pretrain_vit(args.out, args.minutes, EyesConfig(patch_size=args.patch_size, scene_size=args.scene_size),
-                       init=args.init))
+    config = EyesConfig(patch_size=args.patch_size, scene_size=args.scene_size, max_crops=args.max_crops)
+    if args.objective == "cells":
+        print(pretrain_vit_cells(args.out, args.minutes, config, noise=args.noise, init=args.init))
+    else:
+        print(pretrain_vit(args.out, args.minutes, config, init=args.init))
 
 
 if __name__ == "__main__":

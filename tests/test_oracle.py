@@ -79,6 +79,25 @@ def test_build_batch_lays_out_image_prompt_and_answer():
     assert tok.decode(first[first.index(end) + 1:]).startswith(" Assistant:")
 
 
+def test_pooled_oracle_tokens_list_their_four_cells():
+    """pool 2: 16 image tokens, each the four cells of its 2 x 2 window side by side (the first token: cells (0, 0),
+    (0, 1), (1, 0), (1, 1)); a model of that config reads them, and the pooled oracle cannot take the match bit."""
+    tok = MolmoTokenizer.tiny()
+    examples = [pointing_example(np.random.default_rng(s), render=False) for s in range(2)]
+    batch = build_batch(tok, examples, [0, 1], grid=8, question_first=True, pool=2)
+    assert batch["patch_positions"].shape == (2, 16)
+    cells = cell_features(examples[0].meta["objects"], 8).reshape(8, 8, -1)
+    size = feature_size(8)
+    first = batch["features"][0, 0].reshape(4, size).numpy()
+    assert np.array_equal(first, np.stack([cells[0, 0], cells[0, 1], cells[1, 0], cells[1, 1]]))
+    last = batch["features"][0, 15].reshape(4, size).numpy()
+    assert np.array_equal(last, np.stack([cells[6, 6], cells[6, 7], cells[7, 6], cells[7, 7]]))
+    config = OracleConfig(pool=2, question_first=True)
+    assert OracleModel(config)(batch).shape[:2] == batch["input_ids"].shape
+    with pytest.raises(ValueError):
+        OracleConfig(pool=2, match_bit=True)
+
+
 def test_length_chunks_give_the_gradient_of_the_whole_padded_batch():
     """A step split into chunks of rows of similar length, each cut to its own longest row and run without the
     padding mask, sums to the loss and the gradients of the padded batch with its mask (o16's speed lever)."""
