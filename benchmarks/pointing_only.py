@@ -88,6 +88,11 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                     "pre-training put in the others",
                                     {"patch_size": 7, "max_crops": 1, "lr_vit": 0.0, "uniform_pooling": True,
                                      "vision_init": "data_samples/backbones/vit_p7_cells"}),
+    "e15-dense60-frozen-1crop-pool": ("e9 (the default) with its scenes sampled from a pool of 2,048 drawn and "
+                                      "preprocessed once, 4 replaced by new ones per step (`scene_pool`): cheaper "
+                                      "steps, each scene seen about 4 times",
+                                      {"patch_size": 7, "max_crops": 1, "lr_vit": 0.0, "scene_pool": 2048,
+                                       "fresh_scenes": 4, "vision_init": "data_samples/backbones/vit_p7_dense60"}),
 }
 DEFAULT = "e9-dense60-frozen-1crop"
 
