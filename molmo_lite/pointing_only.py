@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .clip_pretrain import load_encoder, save_encoder
 from .config import MOLMO_PRESETS, MolmoConfig
@@ -365,8 +366,6 @@ def cell_losses(pred: torch.Tensor, targets: torch.Tensor, grid: int) -> dict[st
     empty) of every cell, of the shape and squared error of the offset where a cell holds an object, cross-entropy of
     the row and column; with the accuracies (colour, shape on occupied cells; empty cells called empty) and the mean
     offset error in cells."""
-    import torch.nn.functional as F
-
     c = cell_classes(targets, grid)
     p = pred.reshape(len(c["colour"]), cell_head_size(grid))
     k = len(COLOURS) + 1
