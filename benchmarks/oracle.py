@@ -80,6 +80,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                           "pooling of 7 px patches) that lists its four cells' features side by side: what a pooled "
                           "token could say at best",
                           {"optimizer": "muon", "question_first": True, "micro_batches": 2, "pool": 2}),
+    "o18-qf-windows2x2-twice": ("o17 with the image's 16 tokens twice in a row, as the real path lays out a scene that "
+                                "fits one crop (the overview, then the crop: the same image)",
+                                {"optimizer": "muon", "question_first": True, "micro_batches": 2, "pool": 2,
+                                 "copies": 2}),
 }
 DEFAULT = "o16-qf-length-chunks"
 

@@ -93,6 +93,42 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                       "steps, each scene seen about 4 times",
                                       {"patch_size": 7, "max_crops": 1, "lr_vit": 0.0, "scene_pool": 2048,
                                        "fresh_scenes": 4, "vision_init": "data_samples/backbones/vit_p7_dense60"}),
+    "e16-oracle-eyes-1crop": ("the diagnostic: e12's path with the ViT replaced by the oracle's features of each "
+                              "patch's cell (`OracleEyes`), through the real connector from random (attention "
+                              "pooling of 2 x 2 windows, SwiGLU projector) and the real token layout (overview and "
+                              "crop, 32 tokens); against o17 (the same windows, 16 tokens, through a "
+                              "Linear-GELU-Linear) and e12 (the ViT's features)",
+                              {"patch_size": 7, "max_crops": 1, "eyes": "oracle"}),
+    "e17-oracle-eyes-slots": ("e16 with the attention pooling starting as `slot_pooling`: each of its 4 heads takes "
+                              "one cell of the window whole, so its output lists the four cells side by side as "
+                              "o17's tokens do, where a random pooling mixes them (a red square beside a blue "
+                              "circle sums as a red circle beside a blue square)",
+                              {"patch_size": 7, "max_crops": 1, "eyes": "oracle", "slot_pooling": True}),
+    "e18-cellpool-frozen-1crop": ("e12 with its ViT and Molmo's attention pooling pre-trained together for 10 more "
+                                  "minutes (`pretrain_vit_cells(pooling=True)`: the cell head reads the pooled vector "
+                                  "instead of the window's mean, so the pooling must keep the four cells apart, as "
+                                  "e17's does by construction), both frozen; the projector and the LLM from random",
+                                  {"patch_size": 7, "max_crops": 1, "lr_vit": 0.0, "lr_pool": 0.0,
+                                   "vision_init": "data_samples/backbones/vit_p7_cellpool",
+                                   "pooling_init": "data_samples/backbones/vit_p7_cellpool"}),
+    "e19-oracle-eyes-resize-cells": ("e16 in Molmo's single-crop mode (`crop_mode=\"resize\"`: the overview alone, "
+                                     "no copy of it as a crop) without pooling: 64 tokens, one per 7 px cell, o16's "
+                                     "layout, through the real connector (its pooling of one patch is a linear map) "
+                                     "and SwiGLU projector",
+                                     {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "eyes": "oracle"}),
+    "e20-cell1-frozen-resize": ("e19 with real eyes: `vit_p7_cells`'s ViT trained 8 more minutes to say what is in "
+                                "each patch's own cell (the cell objective without pooling), frozen; 64 tokens, the "
+                                "overview alone",
+                                {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "lr_vit": 0.0,
+                                 "vision_init": "data_samples/backbones/vit_p7_cell1"}),
+    "e22-cell1-readout-resize": ("e20 with the pooling (a linear map for one patch) starting as the least-squares "
+                                 "read-out of each cell's colour, shape, offset, row and column from the frozen ViT's "
+                                 "features (`readout_pooling`, fitted on 512 fresh scenes in about 2 seconds, counted "
+                                 "in the minutes) and frozen: the projector starts from what e19's oracle gives it, "
+                                 "with the ViT's errors",
+                                 {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "lr_vit": 0.0,
+                                  "lr_pool": 0.0, "readout_init": 512,
+                                  "vision_init": "data_samples/backbones/vit_p7_cell1"}),
 }
 DEFAULT = "e9-dense60-frozen-1crop"
 
@@ -106,6 +142,12 @@ PRETRAINED = {
                                              "--max-crops", "1", "--noise", "30"],
     "data_samples/backbones/vit_p7_cells": ["--objective", "cells", "--minutes", "25", "--patch-size", "7",
                                             "--max-crops", "1", "--noise", "30"],
+    "data_samples/backbones/vit_p7_cellpool": ["--objective", "cells", "--minutes", "10", "--patch-size", "7",
+                                               "--max-crops", "1", "--noise", "30", "--pooling",
+                                               "--init", "data_samples/backbones/vit_p7_cells"],
+    "data_samples/backbones/vit_p7_cell1": ["--objective", "cells", "--minutes", "8", "--patch-size", "7",
+                                            "--crop-mode", "resize", "--pool", "1", "--noise", "30",
+                                            "--init", "data_samples/backbones/vit_p7_cells"],
 }
 
 
@@ -133,14 +175,21 @@ def run(name: str, minutes: float, heldout: int, evals: int, threads: int = 2, s
     if fields.get("vision_init"):
         summary = pretrained(fields["vision_init"])
         fields = fields | {"vision_init": str(ROOT / fields["vision_init"])}
+    if fields.get("pooling_init"):  # saved beside its ViT by the same pre-training
+        pretrained(fields["pooling_init"])
+        fields = fields | {"pooling_init": str(ROOT / fields["pooling_init"])}
     record = train_eyes(EyesConfig(**fields), minutes=minutes, heldout=heldout, evals=evals, threads=threads)
     if summary:
         record["config"]["vision_init"] = CONFIGS[name][1]["vision_init"]  # the repository's path
+        record["config"]["pooling_init"] = CONFIGS[name][1].get("pooling_init")
         record["pretrain"] = summary
     model = record.pop("model")
-    FINAL.parent.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(FINAL)
-    record.update(name=name, lever=lever, machine=machine_info(), saved=str(FINAL.relative_to(ROOT)))
+    saved = None
+    if record["config"]["eyes"] == "vit":  # oracle eyes are a diagnostic, not a model that reads images
+        FINAL.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(FINAL)
+        saved = str(FINAL.relative_to(ROOT))
+    record.update(name=name, lever=lever, machine=machine_info(), saved=saved)
     return save_record(OUT, record_key(name, minutes, seed), record)
 
 

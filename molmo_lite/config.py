@@ -60,6 +60,9 @@ class PreprocessorConfig:
         <im_start> and ends every row with <im_col>, like the crops; Molmo2-8B opens it with <low_res_im_start> and
         writes no <im_col> in it (its processor_config.json: use_single_crop_start_token true,
         use_single_crop_col_tokens false; transformers' Molmo2Processor.replace_image_token).
+    crop_mode: "overlap-and-resize" (the released models': the overview, then the overlapping crops) or "resize"
+        (Molmo's single-crop mode: the image resized into one crop, the overview alone, no high-res crops). An
+        image that fits one crop gets the same pixels twice in the first mode (overview and its one crop), once here.
     """
 
     crop_size: int = 336
@@ -73,6 +76,7 @@ class PreprocessorConfig:
     antialias: bool = True
     low_res_start: str = IM_START
     low_res_cols: bool = True
+    crop_mode: str = "overlap-and-resize"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -123,8 +123,9 @@ class OracleConfig:
     (Molmo puts the image first). annotations: which of a scene's three (pointing, counting, pointing at another
     class, which mostly has no answer but "There are none.") training draws from. max_count, max_distractors: the
     world trained and evaluated on (chapter 07's held-out scenes: 10 and 6; a smaller one for a quick test).
-    curriculum: "none" (that world throughout) or "targets" (one object alone first, then one target among others,
-    then a few: ``CURRICULA``).
+    copies: the image's block of tokens that many times in a row (2: the real path's overview and one crop of a
+    scene that fits one crop). curriculum: "none" (that world throughout) or "targets" (one object alone first, then
+    one target among others, then a few: ``CURRICULA``).
     """
 
     hidden: int = 128
@@ -142,6 +143,7 @@ class OracleConfig:
     optimizer: str = "adamw"  # or "muon": Muon for the hidden weight matrices, AdamW for the rest
     grid: int = 8
     pool: int = 1  # > 1: one token per pool x pool window of cells, its cells' features side by side
+    copies: int = 1  # the image's tokens this many times in a row (2: the real path's overview + one crop of a scene)
     question_first: bool = False
     curriculum: str = "none"
     lm_init: str | None = None
@@ -159,8 +161,8 @@ class OracleConfig:
             raise ValueError("the match bit depends on the question: a packed row holds three questions")
         if self.question_first and self.pack_annotations:
             raise ValueError("question_first puts each question before the image: it cannot pack three annotations")
-        if self.pool > 1 and (self.match_bit or self.pack_annotations or self.features != "cells"):
-            raise ValueError("pool > 1 reads the cells' features alone (no match bit, words or packing)")
+        if (self.pool > 1 or self.copies > 1) and (self.match_bit or self.pack_annotations or self.features != "cells"):
+            raise ValueError("pool > 1 and copies > 1 read the cells' features alone (no match bit, words or packing)")
         if self.micro_batches > 1 and self.pack_annotations:
             raise ValueError("micro_batches splits one-annotation rows by length; packed rows are already dense")
 
@@ -276,21 +278,22 @@ def right_padded(rows: Sequence[list[int]], targets: Sequence[list[int]], pad_id
 
 def build_batch(tokenizer: MolmoTokenizer, examples: Sequence[Example], which: Sequence[int], grid: int,
                 question_first: bool = False, with_answer: bool = True, rng: np.random.Generator | None = None,
-                match_bit: bool = False, pool: int = 1) -> dict[str, torch.Tensor]:
+                match_bit: bool = False, pool: int = 1, copies: int = 1) -> dict[str, torch.Tensor]:
     """One padded batch (right-padded for training, the prompts alone when not ``with_answer``): input_ids,
     attention_mask, targets (the answer and EOS; IGNORE_INDEX elsewhere), features (with ``match_bit``, one more
-    column: ``match_column``; pool > 1: one token per window, ``window_features``), patch_positions."""
+    column: ``match_column``; pool > 1: one token per window, ``window_features``; copies > 1: the image's block of
+    tokens and its features that many times in a row), patch_positions."""
     patch = tokenizer.token_to_id(IMAGE_TOKENS[2])
     rows, targets, positions = [], [], []
     for ex, k in zip(examples, which):
         prompt, answer = annotation(ex, k, rng)
-        ids = generation_prompt_ids(tokenizer, prompt, image_tokens(grid // pool), question_first)  # EOS: BPE's BOS
+        ids = generation_prompt_ids(tokenizer, prompt, image_tokens(grid // pool) * copies, question_first)
         answer_ids = tokenizer.encode(" " + answer) + [tokenizer.eos_id] if with_answer else []
         positions.append([i for i, t in enumerate(ids) if t == patch])
         targets.append([IGNORE_INDEX] * len(ids) + answer_ids)
         rows.append(ids + answer_ids)
     batch = right_padded(rows, targets, tokenizer.pad_id)
-    features = [window_features(ex.meta["objects"], grid, pool) for ex in examples]
+    features = [np.concatenate([window_features(ex.meta["objects"], grid, pool)] * copies) for ex in examples]
     if match_bit:  # the answer's points: meta["points"] for annotations 0 and 1, meta["other_points"] for 2
         features = [np.concatenate([f, match_column(ex.meta["objects"], ex.meta["other_points" if k == 2 else
                                                                                   "points"], grid)], 1)
@@ -355,7 +358,8 @@ def answers(model: OracleModel, tokenizer: MolmoTokenizer, examples: Sequence[Ex
     for k in range(0, len(examples), batch_size):
         chunk = examples[k:k + batch_size]
         batch = build_batch(tokenizer, chunk, [which] * len(chunk), model.config.grid, model.config.question_first,
-                            with_answer=False, match_bit=model.config.match_bit, pool=model.config.pool)
+                            with_answer=False, match_bit=model.config.match_bit, pool=model.config.pool,
+                            copies=model.config.copies)
         embeds = model.embed(batch["input_ids"], batch["features"], batch["patch_positions"])
         out = model.llm.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens, tokenizer.eos_id,
                                  inputs_embeds=embeds)
@@ -570,7 +574,7 @@ def train_oracle(config: OracleConfig, minutes: float | None = None, steps: int 
         else:  # the mean over all the step's answer tokens, accumulated over chunks of rows of similar length
             which = [int(k) for k in rng.choice(config.annotations, size=len(examples))]
             batch = build_batch(tokenizer, examples, which, config.grid, config.question_first, rng=rng,
-                                match_bit=config.match_bit, pool=config.pool)
+                                match_bit=config.match_bit, pool=config.pool, copies=config.copies)
             loss = backward_in_chunks(batch, config.micro_batches, forward)
         return loss, int(batch["targets"].ne(IGNORE_INDEX).sum())
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from .clip_pretrain import load_encoder, save_encoder
 from .config import MOLMO_PRESETS, MolmoConfig
@@ -43,11 +44,13 @@ from .data.synthetic import (
     shifted_pointing_examples,
 )
 from .evaluate import generate_in_batches, shuffled_images
+from .connector import Connector
 from .model import MolmoLite
 from .oracle import (
     annotation,
     backward_in_chunks,
     build_optimizer,
+    cell_features,
     feature_size,
     loss_of,
     right_padded,
@@ -64,9 +67,9 @@ class EyesConfig:
     """One run: the image path's geometry inside Molmo's design (the tiny preset's unless changed), the recipe (the
     oracle's o16 by default) and the scenes.
 
-    scene_size: the rendered scene's side in pixels. crop_size, patch_size, max_crops, overlap_margins, pooling: the
-    preprocessor's (the ViT's image and patch size follow). vit_width, vit_layers: the tiny ViT's. lr_vit,
-    lr_connector: their learning rates (the LLM's is ``lr``); 0 freezes that part. caption_rate: the share of
+    scene_size: the rendered scene's side in pixels. crop_size, patch_size, max_crops, overlap_margins, pooling,
+    crop_mode: the preprocessor's (the ViT's image and patch size follow). vit_width, vit_layers: the tiny ViT's.
+    lr_vit, lr_connector: their learning rates (the LLM's is ``lr``); 0 freezes that part. caption_rate: the share of
     training rows that ask for a dense caption (every object, its colour, shape and position: ``scene_caption``)
     instead of one of the scene's ``annotations``; Molmo's stage 1 captions say what is where in words.
     vision_init: a ViT folder to start from (its geometry must be this config's), as Molmo starts from CLIP.
@@ -78,7 +81,18 @@ class EyesConfig:
     annotation drawn anew); 0 draws every scene anew. uniform_pooling: with the default initialisation and a
     pre-trained ViT's features (norm about 50 per patch) the attention pooling starts peaked and content-dependent
     (its largest weight about 0.65 of the window's four); a zero query projection makes it start as the window's
-    mean, which it then learns away from.
+    mean, which it then learns away from. eyes: "vit", or "oracle" for the diagnostic that keeps everything of the
+    real path but the ViT: each patch's features are those the oracle knows of its cell (``OracleEyes``), through
+    the real connector (its pooling and projector from random, without the feature normalisation meant for a ViT).
+    slot_pooling (oracle eyes only): the attention pooling starts as ``slot_pooling`` sets it, each of its four
+    heads taking one cell of the window whole, so that its output lists the window's four cells as o17's tokens do.
+    pooling_init: a folder holding an attention pooling pre-trained together with the ViT
+    (``pretrain_vit_cells(pooling=True)``), loaded into the connector (its projector still starts from random);
+    lr_pool: its learning rate (None: the connector's; 0 freezes it). readout_init (pooling 1 x 1 only): before
+    training, fit by least squares the linear map from the (normalised) ViT features of each patch to what the
+    oracle knows of its cell (``oracle.cell_features``), on this many fresh scenes, and start the pooling (for one
+    patch, the linear map wo(wv x)) as that map: the projector then starts from the cells' colour, shape and place
+    as coordinates, as the oracle's projector does (``readout_pooling``; its seconds count in the minutes).
     """
 
     scene_size: int = 56
@@ -87,6 +101,7 @@ class EyesConfig:
     max_crops: int = 4
     overlap_margins: tuple[int, int] = (1, 1)
     pooling: tuple[int, int] = (2, 2)
+    crop_mode: str = "overlap-and-resize"  # or "resize": the overview alone (Molmo's single-crop mode)
     vit_width: int = 96
     vit_layers: int = 4
     lr: float = 1e-3
@@ -108,13 +123,19 @@ class EyesConfig:
     scene_pool: int = 0  # > 0: a step samples its scenes from a pool of this many (drawn in the first step)
     fresh_scenes: int = 4  # with scene_pool: scenes of the pool replaced by new ones at each step
     uniform_pooling: bool = False  # the attention pooling's query projection starts at 0: a plain mean at step 0
+    eyes: str = "vit"  # or "oracle": the ViT replaced by each patch's cell's oracle features (``OracleEyes``)
+    slot_pooling: bool = False  # oracle eyes: the attention pooling starts as ``slot_pooling`` (each head one cell)
+    pooling_init: str | None = None  # a folder with an attention pooling pre-trained with its ViT (POOLING_FILE)
+    lr_pool: float | None = None  # the attention pooling's learning rate (None: lr_connector's)
+    readout_init: int = 0  # > 0: the pooling starts as a least-squares read-out of the cells fitted on this many scenes
     seed: int = 0
 
     def molmo_config(self) -> MolmoConfig:
         """The tiny preset with this geometry: the ViT's size follows the crops, the connector's input the ViT."""
         tiny = MOLMO_PRESETS["tiny"]
         pre = replace(tiny.preprocessor, crop_size=self.crop_size, patch_size=self.patch_size,
-                      max_crops=self.max_crops, overlap_margins=self.overlap_margins, pooling=self.pooling)
+                      max_crops=self.max_crops, overlap_margins=self.overlap_margins, pooling=self.pooling,
+                      crop_mode=self.crop_mode)
         vision = replace(tiny.vision, image_size=self.crop_size, patch_size=self.patch_size, width=self.vit_width,
                          layers=self.vit_layers, mlp_width=4 * self.vit_width)
         connector = replace(tiny.connector, input_dim=vision.feature_dim, pool_dim=self.vit_width)
@@ -122,6 +143,7 @@ class EyesConfig:
                        question_first=self.question_first)
 
 
+POOLING_FILE = "pooling.safetensors"  # an attention pooling pre-trained with the ViT (``pretrain_vit_cells``)
 CAPTION = -1  # the annotation index of a dense caption in build_batch's ``which``
 
 
@@ -218,11 +240,120 @@ def evaluate_shift(model: MolmoLite, examples: Sequence[Example]) -> dict:
     return out
 
 
+class OracleEyes(torch.nn.Module):
+    """The diagnostic's stand-in for the ViT (``EyesConfig.eyes == "oracle"``): its "crops" are already each patch's
+    features (``oracle_image``), which it passes on; nothing to learn."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("positional_embedding", torch.zeros(1), persistent=False)  # the dtype MolmoLite reads
+
+    def features(self, crops: torch.Tensor) -> torch.Tensor:
+        return crops
+
+
+def oracle_image(model: MolmoLite, example: Example) -> ImageInputs:
+    """The example's ImageInputs (layout, pooling windows) with every crop's pixels replaced by what the oracle knows
+    of each patch's cell (``oracle.cell_features`` of a grid of crop_size / patch_size): float [n, P, F]. Each crop
+    must show the whole scene (the overview and one crop: ``max_crops`` 1, or the overview alone: crop_mode
+    "resize"), so that patch (i, j) of a grid of G x G is cell (i, j) of G x G."""
+    inputs = model.processor(example.image)
+    if inputs.tiling not in ((1, 1), (0, 0)):
+        raise ValueError(f"oracle eyes need one crop showing the whole scene (max_crops=1), got {inputs.tiling}")
+    grid = model.config.vision.image_size // model.config.vision.patch_size
+    cells = torch.from_numpy(cell_features(example.meta["objects"], grid))
+    return replace(inputs, crops=cells.expand(inputs.num_crops, -1, -1).contiguous())
+
+
+def seen(model: MolmoLite, config: EyesConfig, examples: Sequence[Example]) -> list[Example]:
+    """The examples as the model sees them: unchanged, or with oracle eyes their images as ``oracle_image``."""
+    if config.eyes == "vit":
+        return list(examples)
+    return [Example(oracle_image(model, ex), ex.messages, ex.task, ex.meta) for ex in examples]
+
+
+@torch.no_grad()
+def slot_pooling(pool: torch.nn.Module, grid: int, sharpness: float = 40.0) -> None:
+    """Set an attention pooling of 4 heads over 2 x 2 windows of ``oracle.cell_features`` so that head h attends to
+    the window's cell at (row parity, column parity) = divmod(h, 2) alone and passes its colour, shape and offset
+    (and its row one-hot for heads 0-1, column one-hot for heads 2-3): the pooled vector then lists the four cells
+    side by side, as ``oracle.window_features`` does, instead of mixing them. The query is a constant (its bias),
+    each key holds the cell's row and column parity (sums of the odd rows' and columns' one-hots), so head h's
+    score is sharpness / sqrt(head_dim) times (+-[row odd] +- [column odd]), largest on its own cell."""
+    n_colour, n_shape, d = len(COLOURS), len(SHAPES), pool.head_dim
+    rows = n_colour + n_shape + 2
+    content = n_colour + n_shape + 2  # colour, shape, offset
+    if pool.heads != 4 or d < content + grid or pool.wo.weight.shape != (4 * d, 4 * d):
+        raise ValueError("slot_pooling needs 4 heads of at least colour + shape + offset + grid channels, "
+                         "pool_dim = 4 x head_dim")
+    for layer in (pool.wq, pool.wk, pool.wv, pool.wo):
+        layer.weight.zero_()
+        layer.bias.zero_()
+    odd = torch.arange(grid) % 2 == 1
+    for h in range(4):
+        row_odd, col_odd = divmod(h, 2)
+        pool.wq.bias[h * d] = sharpness * (1 if row_odd else -1)
+        pool.wq.bias[h * d + 1] = sharpness * (1 if col_odd else -1)
+        pool.wk.weight[h * d, rows:rows + grid] = odd.float()
+        pool.wk.weight[h * d + 1, rows + grid:rows + 2 * grid] = odd.float()
+        pool.wv.weight[h * d:h * d + content, :content] = torch.eye(content)
+        where = rows if h < 2 else rows + grid
+        pool.wv.weight[h * d + content:h * d + content + grid, where:where + grid] = torch.eye(grid)
+    pool.wo.weight.copy_(torch.eye(4 * d))
+
+
+@torch.no_grad()
+def readout_pooling(model: MolmoLite, config: EyesConfig, scenes: int, ridge: float = 1e-3) -> dict:
+    """Start a 1 x 1 attention pooling as the least-squares read-out of the cells: on ``scenes`` fresh scenes (a
+    seed stream of their own), the ViT features of every patch (after the connector's normalisation) are regressed
+    on ``oracle.cell_features`` of its cell (ridge ``ridge``); wv's first feature_size rows become that map, wo the
+    identity, so each image token enters the projector as its cell's estimated colour, shape, offset, row and column
+    (the rest zero). -> the fit's mean squared error and its colour accuracy (argmax) on occupied cells."""
+    if config.pooling != (1, 1):
+        raise ValueError("readout_pooling reads one patch per token: it needs pooling (1, 1)")
+    grid = config.crop_size // config.patch_size
+    rng = np.random.default_rng(split_seed(config.seed + 2, "train"))
+    examples = [pointing_example(rng, size=config.scene_size, max_count=config.max_count,
+                                 max_distractors=config.max_distractors) for _ in range(scenes)]
+    crops = torch.cat([model.processor(ex.image).crops[:1] for ex in examples])  # the overview: the whole scene
+    x = model.connector.normalize(model.vision.features(crops)).reshape(-1, model.connector.config.input_dim)
+    y = torch.from_numpy(np.concatenate([cell_features(ex.meta["objects"], grid) for ex in examples]))
+    xb = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    w = torch.linalg.solve(xb.T @ xb + ridge * len(x) * torch.eye(xb.shape[1], dtype=xb.dtype), xb.T @ y.double())
+    pool, n = model.connector.pool, y.shape[1]
+    if pool.wv.weight.shape[0] < n or pool.wo.weight.shape[0] != pool.wo.weight.shape[1]:
+        raise ValueError("readout_pooling needs at least feature_size value channels and a square wo")
+    for layer in (pool.wv, pool.wo):
+        layer.weight.zero_()
+        layer.bias.zero_()
+    pool.wv.weight[:n] = w[:-1].T.float()
+    pool.wv.bias[:n] = w[-1].float()
+    pool.wo.weight.copy_(torch.eye(pool.wo.weight.shape[0]))
+    fit = (xb @ w).float()
+    occupied = y[:, :len(COLOURS)].sum(1) > 0
+    return {"scenes": scenes, "mse": round(float(((fit - y) ** 2).mean()), 5),
+            "colour_acc": round(float((fit[occupied, :len(COLOURS)].argmax(1) == y[occupied, :len(COLOURS)].argmax(1))
+                                      .float().mean()), 4)}
+
+
 def build_model(config: EyesConfig) -> MolmoLite:
     """The tiny Molmo of ``config``: its ViT from ``vision_init`` when given, the rest from a random start (the
-    attention pooling's query projection at 0 with ``uniform_pooling``)."""
+    attention pooling's query projection at 0 with ``uniform_pooling``); with oracle eyes, ``OracleEyes`` and a
+    connector reading their features."""
+    if config.eyes not in ("vit", "oracle"):
+        raise ValueError(f"eyes must be 'vit' or 'oracle', got {config.eyes!r}")
     vision = load_encoder(Path(config.vision_init)) if config.vision_init else None
     model = MolmoLite.from_parts(config.molmo_config(), vision=vision)
+    if config.pooling_init:
+        model.connector.pool.load_state_dict(load_file(str(Path(config.pooling_init) / POOLING_FILE)))
+    if config.eyes == "oracle":
+        model.vision = OracleEyes()
+        grid = config.crop_size // config.patch_size
+        model.connector = Connector(replace(model.config.connector, input_dim=feature_size(grid), feature_norm=0))
+        if config.slot_pooling:
+            slot_pooling(model.connector.pool, grid)
+    elif config.slot_pooling:
+        raise ValueError("slot_pooling reads the oracle's cell features: it needs eyes='oracle'")
     if config.uniform_pooling:
         torch.nn.init.zeros_(model.connector.pool.wq.weight)
         torch.nn.init.zeros_(model.connector.pool.wq.bias)
@@ -239,9 +370,14 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     model = build_model(config)
-    optimizers = build_optimizer(model, config, {"vision.": config.lr_vit, "connector.": config.lr_connector})
+    fitting = time.perf_counter()
+    readout = readout_pooling(model, config, config.readout_init) if config.readout_init else None
+    readout_minutes = (time.perf_counter() - fitting) / 60
+    pool_lr = config.lr_connector if config.lr_pool is None else config.lr_pool
+    optimizers = build_optimizer(model, config, {"vision.": config.lr_vit, "connector.pool.": pool_lr,
+                                                 "connector.": config.lr_connector})
     rng = np.random.default_rng(split_seed(config.seed, "train"))
-    held = pointing_examples(heldout, 0, "heldout", config.scene_size, max_count=10)  # chapter 07's held-out scenes
+    held = seen(model, config, pointing_examples(heldout, 0, "heldout", config.scene_size, max_count=10))  # ch. 07's
     during = held[:min(len(held), 100)]
     start = time.perf_counter()
 
@@ -253,7 +389,7 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
         ex = pointing_example(rng, size=int(rng.choice(config.scene_sizes)) if config.scene_sizes
                               else config.scene_size, max_count=config.max_count,
                               max_distractors=config.max_distractors)
-        return ex, model.processor(ex.image)
+        return ex, (oracle_image(model, ex) if config.eyes == "oracle" else model.processor(ex.image))
 
     def step_fn(progress: float) -> tuple[torch.Tensor, int]:
         if config.scene_pool:
@@ -272,18 +408,23 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
         loss = backward_in_chunks(batch, config.micro_batches, lambda part: forward(model, part))
         return loss, int(batch["targets"].ne(IGNORE_INDEX).sum())
 
-    trained = timed_training(model, optimizers, config, step_fn, lambda: evaluate_eyes(model, during), minutes,
+    budget = None if minutes is None else minutes - readout_minutes  # the read-out's fit counts in the minutes
+    trained = timed_training(model, optimizers, config, step_fn, lambda: evaluate_eyes(model, during), budget,
                              steps, evals, log)
+    if readout:
+        trained |= {"readout": readout | {"minutes": round(readout_minutes, 3)},
+                    "train_minutes": round(trained["train_minutes"] + readout_minutes, 3)}
     final = evaluate_eyes(model, held)
     shuffled = evaluate_eyes(model, during, shuffled=True)
-    shifted = evaluate_shift(model, shifted_pointing_examples(len(held), 0))
-    shifted_56 = evaluate_shift(model, shifted_pointing_examples(len(held), 0, size=56))  # the renderer alone
+    shifted = evaluate_shift(model, seen(model, config, shifted_pointing_examples(len(held), 0)))
+    shifted_56 = evaluate_shift(model, seen(model, config, shifted_pointing_examples(len(held), 0, size=56)))
     return {"config": asdict(config)} | trained | {
         "wall_minutes": round((time.perf_counter() - start) / 60, 2), "scenes_drawn": drawn[0], "heldout": len(held),
         "final": final,
         "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")}, "shift": shifted,
         "shift_56px": {k: shifted_56[k] for k in ("pointing_f1", "counting_exact", "by_background")},
-        "image_tokens": sum(t == "<im_patch>" for t in model.processor(held[0].image).tokens), "model": model}
+        "image_tokens": sum(t == "<im_patch>" for t in model.prepare_images([held[0].image])[0].tokens),
+        "model": model}
 
 
 _CAPTION_ENTRY = re.compile(r"([a-z]+) ([a-z]+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)")
@@ -385,7 +526,8 @@ def cell_losses(pred: torch.Tensor, targets: torch.Tensor, grid: int) -> dict[st
 
 def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = EyesConfig(patch_size=7, max_crops=1),
                        batch_size: int = 64, lr: float = 1e-3, noise: float = 0.0, init: str | Path | None = None,
-                       pool_size: int = 4096, fresh: int = 16, log: Callable[[str], None] | None = print) -> dict:
+                       pool_size: int = 4096, fresh: int = 16, pooling: bool = False,
+                       log: Callable[[str], None] | None = print) -> dict:
     """Pre-train the tiny ViT to say what is in each of its cells: the mean of its features (the two layers the
     connector reads) over each 2 x 2 window of patches, through a linear head, must give what the oracle knows of
     the window's four cells (``oracle.window_features``): the colour of the object centred there or "empty", its
@@ -395,15 +537,22 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
     preprocessor's overview crop); ``noise``: Gaussian pixel noise up to that sd on half the scenes, drawn anew at
     each use. Drawing a scene costs as much as the ViT's step on it, so a step samples ``batch_size`` scenes from a
     pool of ``pool_size`` and replaces ``fresh`` of them with new ones (each scene is seen about batch_size / fresh
-    times). The ViT is saved to ``out`` (``save_encoder``; the head is thrown away). -> what it did, with held-out
-    accuracies per cell."""
+    times). pooling: the head reads the window through Molmo's attention pooling (the connector's feature
+    normalisation and ``AttentionPool``, trained with the ViT) instead of the mean, so that the pooled vector itself
+    must keep the four cells apart; the pooling is saved beside the ViT (``POOLING_FILE``, for
+    ``EyesConfig.pooling_init``). The ViT is saved to ``out`` (``save_encoder``; the head is thrown away). -> what it
+    did, with held-out accuracies per cell."""
     torch.manual_seed(config.seed)
     cfg = config.molmo_config()
     vision = load_encoder(Path(init)) if init else MolmoLite.from_parts(cfg).vision
     processor = MolmoImageProcessor.from_config(cfg.preprocessor)
     grid, pool = config.crop_size // config.patch_size, config.pooling[0]
-    head = torch.nn.Linear(vision.config.width * len(vision.config.feature_layers), pool * pool * cell_head_size(grid))
-    opt = torch.optim.AdamW(list(vision.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
+    width = cfg.connector.pool_dim if pooling else vision.config.width * len(vision.config.feature_layers)
+    head = torch.nn.Linear(width, pool * pool * cell_head_size(grid))
+    connector = Connector(cfg.connector) if pooling else None  # its normalisation and attention pooling
+    params = list(vision.parameters()) + list(head.parameters()) + (list(connector.pool.parameters()) if pooling
+                                                                      else [])
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(split_seed(config.seed + 1, "train"))  # not the stream of stage 2's scenes
 
     def scene() -> tuple[np.ndarray, np.ndarray]:
@@ -419,7 +568,11 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
     def predict(crops: torch.Tensor) -> torch.Tensor:
         f = vision.features(crops)  # [B, grid^2, 2W]
         b, _, d = f.shape
-        return head(f.reshape(b, grid // pool, pool, grid // pool, pool, d).mean((2, 4)).reshape(b, -1, d))
+        windows = f.reshape(b, grid // pool, pool, grid // pool, pool, d).transpose(2, 3)
+        if not pooling:
+            return head(windows.mean((3, 4)).reshape(b, -1, d))
+        pooled = connector.pool(connector.normalize(windows.reshape(-1, pool * pool, d)))  # [B * windows, pool_dim]
+        return head(pooled.reshape(b, -1, pooled.shape[-1]))
 
     held = pointing_examples(200, 0, "heldout", config.scene_size, max_count=10)
     held_crops, held_targets = batch([(np.asarray(ex.image), window_features(ex.meta["objects"], grid, pool))
@@ -447,20 +600,24 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
         held_terms = cell_losses(predict(held_crops), held_targets, grid)
     summary = {"objective": "cells", "minutes": round((time.perf_counter() - start) / 60, 3), "steps": steps,
                "batch_size": batch_size, "lr": lr, "noise": noise, "pool_size": pool_size, "fresh": fresh,
-               "scenes_drawn": pool_size + steps * fresh, "loss": float(np.mean(losses[-100:])),
+               "scenes_drawn": pool_size + steps * fresh, "loss": float(np.mean(losses[-100:])), "pooling": pooling,
                "heldout": {k: round(float(v), 4) for k, v in held_terms.items()}, "config": asdict(config)}
     if log:
         log(f"pretrain_vit_cells: {summary}")
     if init:
-        summary["init"] = json.loads((Path(init) / "config.json").read_text())["pretrain"]
+        before = json.loads((Path(init) / "config.json").read_text())["pretrain"]
+        summary |= {"init": before, "total_minutes": round(before.get("total_minutes", before["minutes"])
+                                                         + summary["minutes"], 3)}
     save_encoder(vision, Path(out), {"pretrain": summary})
+    if pooling:
+        save_file(connector.pool.state_dict(), str(Path(out) / POOLING_FILE))
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m molmo_lite.pointing_only --out DIR --minutes M [--objective caption|cells] [--patch-size 7]
-    [--scene-size 56] [--max-crops 4] [--noise SD] [--init DIR]``: ``pretrain_vit`` (captions) or
-    ``pretrain_vit_cells`` (what is in each cell)."""
+    [--scene-size 56] [--max-crops 4] [--crop-mode resize] [--pool 1] [--noise SD] [--init DIR] [--pooling]``:
+    ``pretrain_vit`` (captions) or ``pretrain_vit_cells`` (what is in each cell)."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Pre-train the tiny ViT of the eyes harness and save it.")
@@ -472,13 +629,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch-size", type=int, default=7, help="the ViT's patch size (default 7)")
     parser.add_argument("--scene-size", type=int, default=56, help="the scenes' side in pixels (default 56)")
     parser.add_argument("--max-crops", type=int, default=4, help="the preprocessor's max_crops (default 4)")
+    parser.add_argument("--crop-mode", choices=("overlap-and-resize", "resize"), default="overlap-and-resize",
+                        help="the preprocessor's crop_mode (resize: the overview alone)")
+    parser.add_argument("--pool", type=int, default=2, help="the connector's pooling window side (default 2)")
     parser.add_argument("--noise", type=float, default=0.0, help="cells: pixel noise sd on half the scenes")
     parser.add_argument("--init", help="a ViT folder of an earlier pre-training to go on from")
+    parser.add_argument("--pooling", action="store_true",
+                        help="cells: the head reads Molmo's attention pooling (trained too, saved beside the ViT)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    config = EyesConfig(patch_size=args.patch_size, scene_size=args.scene_size, max_crops=args.max_crops)
+    config = EyesConfig(patch_size=args.patch_size, scene_size=args.scene_size, max_crops=args.max_crops,
+                        crop_mode=args.crop_mode, pooling=(args.pool, args.pool))
     if args.objective == "cells":
-        print(pretrain_vit_cells(args.out, args.minutes, config, noise=args.noise, init=args.init))
+        print(pretrain_vit_cells(args.out, args.minutes, config, noise=args.noise, init=args.init,
+                                 pooling=args.pooling))
     else:
         print(pretrain_vit(args.out, args.minutes, config, init=args.init))
 

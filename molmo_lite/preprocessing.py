@@ -291,7 +291,8 @@ def arange_for_pooling(index_grid: np.ndarray, pool_h: int, pool_w: int) -> np.n
 
 def image_token_layout(global_grid: tuple[int, int], crop_grid: tuple[int, int], low_res_start: str = IM_START,
                        low_res_cols: bool = True) -> list[str]:
-    """The token strings that stand for one image: the global image's block, then the stitched crops' block.
+    """The token strings that stand for one image: the global image's block, then the stitched crops' block (none
+    when crop_grid is (0, 0): crop_mode "resize").
 
     Each block is <im_start>, then per pooled row (width x <im_patch>, <im_col>), then <im_end>.
     Molmo's 336 px geometry: global 12 x 12 -> 158 tokens; crops (8r+4) x (8c+4) -> (8r+4)(8c+5) + 2 tokens.
@@ -300,6 +301,8 @@ def image_token_layout(global_grid: tuple[int, int], crop_grid: tuple[int, int],
     """
     tokens: list[str] = []
     for block, (h, w) in enumerate((global_grid, crop_grid)):
+        if block and h * w == 0:  # crop_mode "resize": the overview alone
+            break
         cols = [IM_COL] if block or low_res_cols else []
         tokens.append(low_res_start if block == 0 else IM_START)
         tokens.extend(([IM_PATCH] * w + cols) * h)
@@ -328,18 +331,23 @@ class CropGeometry:
     @property
     def num_image_tokens(self) -> int:
         (gh, gw), (h, w) = self.global_grid, self.crop_grid
-        return (gh * (gw + int(self.low_res_cols)) + 2) + (h * (w + 1) + 2)
+        return (gh * (gw + int(self.low_res_cols)) + 2) + (h * (w + 1) + 2 if h * w else 0)
 
 
 def crop_geometry(height: int, width: int, config: PreprocessorConfig) -> CropGeometry:
-    """Tiling, canvas and pooled grids for an image of ``height`` x ``width`` pixels under ``config``."""
+    """Tiling, canvas and pooled grids for an image of ``height`` x ``width`` pixels under ``config``
+    (crop_mode "resize": no crops, tiling (0, 0), the canvas the overview's)."""
     m0, m1 = config.overlap_margins
     crop_patches = config.crop_size // config.patch_size
+    ph, pw = config.pooling
+    if config.crop_mode == "resize":
+        grid = (math.ceil(crop_patches / ph), math.ceil(crop_patches / pw))
+        return CropGeometry(tiling=(0, 0), canvas_size=(config.crop_size, config.crop_size), global_grid=grid,
+                            crop_grid=(0, 0), low_res_cols=config.low_res_cols)
     window = (crop_patches - m0 - m1) * config.patch_size  # pixels between neighbouring crops
     margin = (m0 + m1) * config.patch_size
     rows, cols = select_tiling(height - margin, width - margin, window, config.max_crops)
     canvas = (rows * window + margin, cols * window + margin)
-    ph, pw = config.pooling
 
     def pooled(n_patches: int, pool: int) -> int:
         return math.ceil(n_patches / pool)
@@ -430,6 +438,7 @@ class MolmoImageProcessor:
         antialias: bool = True,
         low_res_start: str = IM_START,
         low_res_cols: bool = True,
+        crop_mode: str = "overlap-and-resize",
     ):
         defaults = PreprocessorConfig()
         self.config = PreprocessorConfig(
@@ -444,6 +453,7 @@ class MolmoImageProcessor:
             antialias=antialias,
             low_res_start=low_res_start,
             low_res_cols=low_res_cols,
+            crop_mode=crop_mode,
         )
         _validate(self.config)
 
@@ -470,28 +480,31 @@ class MolmoImageProcessor:
 
         # The global image and the canvas the crops are cut from, CLIP-normalised (padding 0 -> -mean/std).
         global_image, global_box = _resize_into_canvas(pixels, (size, size), cfg.antialias, pad)
-        canvas, canvas_box = _resize_into_canvas(pixels, geo.canvas_size, cfg.antialias, pad)
         rows, cols = geo.tiling
-
-        crops = torch.empty(1 + rows * cols, 3, size, size)
-        normalize(global_image, cfg.image_mean, cfg.image_std, out=crops[0])
-        windows = canvas.unfold(1, size, window).unfold(2, size, window).permute(1, 2, 0, 3, 4)  # [r, c, 3, S, S]
-        normalize(windows, cfg.image_mean, cfg.image_std, out=crops[1:].view(rows, cols, 3, size, size))
-        # the same windows over the per-patch real-pixel fractions (crops start on patch boundaries)
-        global_frac = _patch_real_fraction(global_box, (size, size), patch)
-        canvas_frac = _patch_real_fraction(canvas_box, geo.canvas_size, patch)
-        crop_frac = canvas_frac.unfold(0, crop_patches, window // patch).unfold(1, crop_patches, window // patch)
-        pad_fraction = torch.cat([global_frac[None], crop_frac.reshape(rows * cols, crop_patches, crop_patches)])
-
         ph, pw = cfg.pooling
         n_patches = crop_patches * crop_patches
         global_idx = arange_for_pooling(np.arange(n_patches).reshape(crop_patches, crop_patches), ph, pw)
-        crop_idx = arange_for_pooling(stitched_patch_index(rows, cols, crop_patches, cfg.overlap_margins), ph, pw)
-        crop_idx = np.where(crop_idx >= 0, crop_idx + n_patches, -1)  # the global image's patches come first
+        global_frac = _patch_real_fraction(global_box, (size, size), patch)
+        if rows * cols == 0:  # crop_mode "resize": the overview alone
+            crops = normalize(global_image, cfg.image_mean, cfg.image_std)[None]
+            pad_fraction, pooled = global_frac[None], global_idx
+        else:
+            canvas, canvas_box = _resize_into_canvas(pixels, geo.canvas_size, cfg.antialias, pad)
+            crops = torch.empty(1 + rows * cols, 3, size, size)
+            normalize(global_image, cfg.image_mean, cfg.image_std, out=crops[0])
+            windows = canvas.unfold(1, size, window).unfold(2, size, window).permute(1, 2, 0, 3, 4)  # [r, c, 3, S, S]
+            normalize(windows, cfg.image_mean, cfg.image_std, out=crops[1:].view(rows, cols, 3, size, size))
+            # the same windows over the per-patch real-pixel fractions (crops start on patch boundaries)
+            canvas_frac = _patch_real_fraction(canvas_box, geo.canvas_size, patch)
+            crop_frac = canvas_frac.unfold(0, crop_patches, window // patch).unfold(1, crop_patches, window // patch)
+            pad_fraction = torch.cat([global_frac[None], crop_frac.reshape(rows * cols, crop_patches, crop_patches)])
+            crop_idx = arange_for_pooling(stitched_patch_index(rows, cols, crop_patches, cfg.overlap_margins), ph, pw)
+            crop_idx = np.where(crop_idx >= 0, crop_idx + n_patches, -1)  # the global image's patches come first
+            pooled = np.concatenate([global_idx, crop_idx])
         return ImageInputs(
             crops=crops,
             patch_pad_fraction=pad_fraction.reshape(-1, n_patches),
-            pooled_patches_idx=torch.from_numpy(np.concatenate([global_idx, crop_idx])).long(),
+            pooled_patches_idx=torch.from_numpy(pooled).long(),
             tiling=geo.tiling,
             tokens=image_token_layout(geo.global_grid, geo.crop_grid, cfg.low_res_start, cfg.low_res_cols),
             geometry=geo,
@@ -516,6 +529,9 @@ def _validate(cfg: PreprocessorConfig) -> None:
         raise ValueError(f"pooling must be two positive sizes, got {cfg.pooling}")
     if cfg.resize not in ("pad", "stretch"):
         raise ValueError(f"resize must be 'pad' (Molmo) or 'stretch' (Molmo2), got {cfg.resize!r}")
+    if cfg.crop_mode not in ("overlap-and-resize", "resize"):
+        raise ValueError(f"crop_mode must be 'overlap-and-resize' or 'resize' (the overview alone), "
+                         f"got {cfg.crop_mode!r}")
 
 
 def batch_images(images: Sequence[ImageInputs]) -> dict[str, torch.Tensor]:

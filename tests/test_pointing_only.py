@@ -174,6 +174,9 @@ def test_the_docs_table_comes_from_the_benchmark_json():
     for folder in bench.PRETRAINED:  # a shipped backbone is in the repository, with its pre-training's summary
         shipped = json.loads((bench.ROOT / folder / "config.json").read_text())
         assert shipped["pretrain"]["minutes"] > 5 and (bench.ROOT / folder / "model.safetensors").stat().st_size < 20e6
+        assert ("--pooling" in bench.PRETRAINED[folder]) == (bench.ROOT / folder / "pooling.safetensors").exists()
+    shipped = sum(f.stat().st_size for f in (bench.ROOT / "data_samples" / "backbones").rglob("*.safetensors"))
+    assert shipped < 20e6, shipped  # all the course's shipped weights together
 
 
 class WritesGiven:
@@ -236,7 +239,7 @@ def test_cell_pretraining_learns_from_the_pixels_and_saves_a_vit(tmp_path):
     into the harness."""
     from molmo_lite.clip_pretrain import load_encoder
 
-    summary = pretrain_vit_cells(tmp_path / "vit", 1.0, log=None)
+    summary = pretrain_vit_cells(tmp_path / "vit", 1.0, pool_size=512, log=None)  # a small pool: more steps
     held = pointing_examples(200, 0, "heldout", 56, max_count=10)
     classes = cell_classes(torch.from_numpy(np.stack([window_features(ex.meta["objects"], 8, 2) for ex in held])), 8)
     share = torch.bincount(classes["colour"]).float() / len(classes["colour"])
@@ -276,3 +279,102 @@ def test_uniform_pooling_starts_as_the_windows_mean():
             _, weights = model.connector.pool(windows, valid, return_weights=True)
         largest = float(weights.max(-1).values.mean())
         assert (abs(largest - 0.25) < 1e-6) if uniform else largest > 0.4, (uniform, largest)
+
+
+def test_oracle_eyes_give_each_patch_its_cells_features_through_the_real_connector():
+    """eyes="oracle": the connector reads, at every patch of the overview and of the crop, what the oracle knows of
+    that patch's cell (patch (i, j) of 8 x 8 is cell (i, j)); a run trains and evaluates on them, the shift check
+    included; more than one crop is refused (patch and cell would no longer coincide)."""
+    from molmo_lite.oracle import cell_features
+    from molmo_lite.pointing_only import OracleEyes, oracle_image
+
+    config = EyesConfig(patch_size=7, max_crops=1, eyes="oracle", batch_size=4, micro_batches=1)
+    model = build_model(config)
+    assert isinstance(model.vision, OracleEyes)
+    ex = pointing_examples(1, 0, "heldout", 56, max_count=10)[0]
+    image = oracle_image(model, ex)
+    cells = torch.from_numpy(cell_features(ex.meta["objects"], 8))
+    assert image.crops.shape == (2, 64, cells.shape[1]) and torch.equal(image.crops[0], cells)
+    assert torch.equal(image.crops[1], cells)
+    out = model.image_features(image.crops, image.pooled_patches_idx, image.patch_pad_fraction)
+    assert out.shape == (32, model.config.llm.hidden)
+    record = train_eyes(config, steps=2, heldout=4, evals=0, log=None)
+    assert record["image_tokens"] == 32 and 0 <= record["shift"]["pointing_f1"] <= 1
+    with pytest.raises(ValueError, match="max_crops=1"):
+        oracle_image(build_model(replace(config, max_crops=4)), pointing_examples(1, 0, "heldout", 112)[0])
+    alone = oracle_image(build_model(replace(config, crop_mode="resize", pooling=(1, 1))), ex)  # e19's layout
+    assert alone.crops.shape == (1, 64, cells.shape[1]) and torch.equal(alone.crops[0], cells)
+    assert alone.tokens.count("<im_patch>") == 64 and alone.tokens.count("<im_start>") == 1
+
+
+def test_slot_pooling_lists_the_windows_four_cells_side_by_side():
+    """slot_pooling: head h takes the cell at (row parity, column parity) = divmod(h, 2) of each 2 x 2 window, with
+    weight above 0.99, and passes its colour, shape and offset unchanged: the first 13 channels of head h's quarter
+    of the pooled vector are those of the window's cell h in ``oracle.window_features`` (hand-placed objects)."""
+    from molmo_lite.oracle import feature_size
+    from molmo_lite.pointing_only import oracle_image
+
+    model = build_model(EyesConfig(patch_size=7, max_crops=1, eyes="oracle", slot_pooling=True))
+    objects = [SceneObject("circle", "red", 10.0, 10.0, 3.0), SceneObject("square", "blue", 20.0, 20.0, 3.0),
+               SceneObject("triangle", "green", 80.0, 30.0, 3.0)]
+    ex = Example(pointing_examples(1, 0, "heldout", 56)[0].image, [], "pointing", {"objects": objects})
+    image = oracle_image(model, ex)
+    pooled, weights = model.connector.pool_features(image.crops, image.pooled_patches_idx, return_weights=True)
+    assert (weights.diagonal(dim1=1, dim2=2) > 0.99).all()
+    windows = torch.from_numpy(window_features(objects, 8, 2))
+    size, content, d = feature_size(8), 13, model.connector.pool.head_dim
+    for h in range(4):
+        assert torch.allclose(pooled[:16, h * d:h * d + content], windows[:, h * size:h * size + content], atol=1e-3)
+    from molmo_lite.data.synthetic import COLOURS, SHAPES
+
+    red, blue, square = list(COLOURS).index("red"), list(COLOURS).index("blue"), len(COLOURS) + SHAPES.index("square")
+    assert pooled[0, red] > 0.99 and pooled[0, 3 * d + blue] > 0.99 and pooled[0, 3 * d + square] > 0.99
+    assert pooled[0, blue] < 0.01 and pooled[0, 3 * d + red] < 0.01  # the two objects of window 0 kept apart
+    with pytest.raises(ValueError, match="eyes='oracle'"):
+        build_model(EyesConfig(patch_size=7, max_crops=1, slot_pooling=True))
+
+
+def test_pooling_pretrained_with_the_vit_is_saved_and_loaded(tmp_path):
+    """pretrain_vit_cells(pooling=True) saves its attention pooling beside the ViT; pooling_init loads it into the
+    connector (equal weights) and lr_pool 0 freezes it while the projector trains."""
+    from molmo_lite.pointing_only import POOLING_FILE
+    from safetensors.torch import load_file
+
+    summary = pretrain_vit_cells(tmp_path / "vit", 0.1, pool_size=64, fresh=8, batch_size=8, pooling=True, log=None)
+    assert summary["pooling"] and summary["steps"] >= 1 and (tmp_path / "vit" / POOLING_FILE).exists()
+    config = EyesConfig(patch_size=7, max_crops=1, vision_init=str(tmp_path / "vit"),
+                        pooling_init=str(tmp_path / "vit"), lr_vit=0.0, lr_pool=0.0)
+    model = build_model(config)
+    saved = load_file(str(tmp_path / "vit" / POOLING_FILE))
+    assert all(torch.equal(saved[k], v) for k, v in model.connector.pool.state_dict().items())
+    groups = build_optimizer(model, config, {"vision.": 0.0, "connector.pool.": 0.0, "connector.": 1e-3})
+    trained = {id(p) for opt in groups for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in trained for p in model.connector.pool.parameters())
+    assert all(id(p) in trained for p in model.connector.projector.parameters())
+
+
+def test_readout_pooling_starts_each_token_as_its_cells_estimated_description():
+    """readout_pooling (one patch per token) fits, on fresh scenes, the linear map from the shipped per-cell ViT's
+    features to ``oracle.cell_features``: on held-out scenes the pooled vector's colour channels name the colour of
+    the object in the patch's cell for most occupied cells (chance 1/8), its channels past the cell features are 0;
+    2 x 2 pooling is refused."""
+    from molmo_lite.data.synthetic import COLOURS
+    from molmo_lite.oracle import cell_features
+    from molmo_lite.pointing_only import readout_pooling
+
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0,
+                        vision_init=str(REPO / "data_samples" / "backbones" / "vit_p7_cell1"))
+    model = build_model(config)
+    assert readout_pooling(model, config, 64)["colour_acc"] > 0.8
+    held = pointing_examples(20, 0, "heldout", 56, max_count=10)
+    images = model.prepare_images([ex.image for ex in held])
+    with torch.no_grad():
+        pooled = torch.stack([model.connector.pool_features(model.vision.features(im.crops), im.pooled_patches_idx)
+                              for im in images])  # [20, 64, pool_dim]
+    truth = torch.from_numpy(np.stack([cell_features(ex.meta["objects"], 8) for ex in held]))
+    occupied = truth[..., :len(COLOURS)].sum(-1) > 0
+    named = pooled[..., :len(COLOURS)].argmax(-1) == truth[..., :len(COLOURS)].argmax(-1)
+    assert named[occupied].float().mean() > 0.8
+    assert pooled[..., truth.shape[-1]:].abs().max() < 1e-6
+    with pytest.raises(ValueError, match="pooling"):
+        readout_pooling(build_model(EyesConfig(patch_size=7)), EyesConfig(patch_size=7), 4)

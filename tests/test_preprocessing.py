@@ -166,6 +166,22 @@ def test_token_layout_has_one_patch_token_per_pooled_feature():
                                                   IM_START, IM_PATCH, IM_COL, IM_END]
 
 
+def test_resize_mode_is_the_overview_alone():
+    """crop_mode "resize" (Molmo's single-crop mode) keeps the overview of the default mode and drops the crops: the
+    same pixels, pooling windows and first block of tokens (158 for 336 px), one crop, 144 features; the 224 px image
+    that the default mode sends as overview plus its one crop (316 tokens, the spec's worked example) takes half."""
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    both, alone = MolmoImageProcessor()(image), MolmoImageProcessor(crop_mode="resize")(image)
+    assert both.num_image_tokens == 316 and alone.num_image_tokens == alone.geometry.num_image_tokens == 158
+    assert alone.crops.shape == (1, 3, 336, 336) and torch.equal(alone.crops[0], both.crops[0])
+    assert torch.equal(alone.pooled_patches_idx, both.pooled_patches_idx[:144])
+    assert torch.equal(alone.patch_pad_fraction, both.patch_pad_fraction[:1])
+    assert alone.tokens == both.tokens[:158] and alone.tokens.count(IM_START) == 1
+    assert alone.geometry.num_crops == 1 and alone.geometry.num_image_features == 144
+    with pytest.raises(ValueError, match="crop_mode"):
+        MolmoImageProcessor(crop_mode="crops-only")
+
+
 # ---------------------------------------------------------------------------------------------- Molmo 1 vs Molmo2
 
 
