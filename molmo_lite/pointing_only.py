@@ -265,11 +265,16 @@ def oracle_image(model: MolmoLite, example: Example) -> ImageInputs:
     return replace(inputs, crops=cells.expand(inputs.num_crops, -1, -1).contiguous())
 
 
+def seen_image(model: MolmoLite, config: EyesConfig, example: Example) -> ImageInputs:
+    """The example's image as the model reads it: preprocessed, or with oracle eyes ``oracle_image``."""
+    return oracle_image(model, example) if config.eyes == "oracle" else model.processor(example.image)
+
+
 def seen(model: MolmoLite, config: EyesConfig, examples: Sequence[Example]) -> list[Example]:
     """The examples as the model sees them: unchanged, or with oracle eyes their images as ``oracle_image``."""
     if config.eyes == "vit":
         return list(examples)
-    return [Example(oracle_image(model, ex), ex.messages, ex.task, ex.meta) for ex in examples]
+    return [Example(seen_image(model, config, ex), ex.messages, ex.task, ex.meta) for ex in examples]
 
 
 @torch.no_grad()
@@ -389,7 +394,7 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
         ex = pointing_example(rng, size=int(rng.choice(config.scene_sizes)) if config.scene_sizes
                               else config.scene_size, max_count=config.max_count,
                               max_distractors=config.max_distractors)
-        return ex, (oracle_image(model, ex) if config.eyes == "oracle" else model.processor(ex.image))
+        return ex, seen_image(model, config, ex)
 
     def step_fn(progress: float) -> tuple[torch.Tensor, int]:
         if config.scene_pool:
@@ -455,6 +460,14 @@ def caption_scores(model: MolmoLite, examples: Sequence[Example], radius: float 
             "f1": 2 * precision * recall / max(precision + recall, 1e-9), "sample": written[0]}
 
 
+def after_init(summary: dict, init: str | Path) -> dict:
+    """What a pre-training that went on from the ViT folder ``init`` adds to its summary: that folder's summary
+    under "init" and the minutes of the whole chain under "total_minutes"."""
+    before = json.loads((Path(init) / "config.json").read_text())["pretrain"]
+    return {"init": before, "total_minutes": round(before.get("total_minutes", before["minutes"]) + summary["minutes"],
+                                                   3)}
+
+
 def pretrain_vit(out: str | Path, minutes: float, config: EyesConfig = EyesConfig(patch_size=7),
                  log: Callable[[str], None] | None = print, init: str | Path | None = None) -> dict:
     """Pre-train the tiny ViT on images and captions only, as CLIP is (no pointing, no question): the whole tiny
@@ -470,9 +483,7 @@ def pretrain_vit(out: str | Path, minutes: float, config: EyesConfig = EyesConfi
                "captions": caption_scores(record["model"], pointing_examples(100, 0, "heldout", config.scene_size,
                                                                               max_count=10))}
     if init:
-        before = json.loads((Path(init) / "config.json").read_text())["pretrain"]
-        summary |= {"init": before, "total_minutes": round(before.get("total_minutes", before["minutes"])
-                                                         + summary["minutes"], 3)}
+        summary |= after_init(summary, init)
     save_encoder(record["model"].vision, Path(out), {"pretrain": summary})
     return summary
 
@@ -605,9 +616,7 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
     if log:
         log(f"pretrain_vit_cells: {summary}")
     if init:
-        before = json.loads((Path(init) / "config.json").read_text())["pretrain"]
-        summary |= {"init": before, "total_minutes": round(before.get("total_minutes", before["minutes"])
-                                                         + summary["minutes"], 3)}
+        summary |= after_init(summary, init)
     save_encoder(vision, Path(out), {"pretrain": summary})
     if pooling:
         save_file(connector.pool.state_dict(), str(Path(out) / POOLING_FILE))

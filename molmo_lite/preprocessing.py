@@ -340,22 +340,23 @@ def crop_geometry(height: int, width: int, config: PreprocessorConfig) -> CropGe
     m0, m1 = config.overlap_margins
     crop_patches = config.crop_size // config.patch_size
     ph, pw = config.pooling
+
+    def pooled(n_patches: int, pool: int) -> int:
+        return math.ceil(n_patches / pool)
+
+    global_grid = (pooled(crop_patches, ph), pooled(crop_patches, pw))
     if config.crop_mode == "resize":
-        grid = (math.ceil(crop_patches / ph), math.ceil(crop_patches / pw))
-        return CropGeometry(tiling=(0, 0), canvas_size=(config.crop_size, config.crop_size), global_grid=grid,
+        return CropGeometry(tiling=(0, 0), canvas_size=(config.crop_size, config.crop_size), global_grid=global_grid,
                             crop_grid=(0, 0), low_res_cols=config.low_res_cols)
     window = (crop_patches - m0 - m1) * config.patch_size  # pixels between neighbouring crops
     margin = (m0 + m1) * config.patch_size
     rows, cols = select_tiling(height - margin, width - margin, window, config.max_crops)
     canvas = (rows * window + margin, cols * window + margin)
 
-    def pooled(n_patches: int, pool: int) -> int:
-        return math.ceil(n_patches / pool)
-
     return CropGeometry(
         tiling=(rows, cols),
         canvas_size=canvas,
-        global_grid=(pooled(crop_patches, ph), pooled(crop_patches, pw)),
+        global_grid=global_grid,
         crop_grid=(pooled(canvas[0] // config.patch_size, ph), pooled(canvas[1] // config.patch_size, pw)),
         low_res_cols=config.low_res_cols,
     )
