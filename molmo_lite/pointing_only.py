@@ -78,12 +78,20 @@ class EyesConfig:
     scene_size. scene_pool: drawing and preprocessing a scene costs about an eighth of a step, so with a pool a step
     samples its batch_size scenes from ``scene_pool`` drawn (and preprocessed) once, replacing ``fresh_scenes`` of
     them by new ones each step (each scene is then seen about batch_size / fresh_scenes times, each time with an
-    annotation drawn anew); 0 draws every scene anew. uniform_pooling: with the default initialisation and a
-    pre-trained ViT's features (norm about 50 per patch) the attention pooling starts peaked and content-dependent
-    (its largest weight about 0.65 of the window's four); a zero query projection makes it start as the window's
-    mean, which it then learns away from. eyes: "vit", or "oracle" for the diagnostic that keeps everything of the
-    real path but the ViT: each patch's features are those the oracle knows of its cell (``OracleEyes``), through
-    the real connector (its pooling and projector from random, without the feature normalisation meant for a ViT).
+    annotation drawn anew); 0 draws every scene anew. cache_features (a frozen ViT, lr_vit 0): each training scene
+    goes through the eyes once, when it is drawn (``CachedEyes``; with a pool, not at each of its steps).
+    uniform_pooling: with the default initialisation and a pre-trained ViT's features (norm about 50 per patch) the
+    attention pooling starts peaked and content-dependent (its largest weight about 0.65 of the window's four); a
+    zero query projection makes it start as the window's mean, which it then learns away from. eyes: "vit", or
+    "oracle" for the diagnostic that keeps everything of the real path but the ViT: each patch's features are those
+    the oracle knows of its cell (``OracleEyes``), through the real connector (its pooling and projector from
+    random, without the feature normalisation meant for a ViT); oracle_offset_noise: each object's offset misjudged
+    by Gaussian noise of this many cells; oracle_cell_errors (missed, phantom): objects read empty, and objects seen
+    again on an empty neighbouring cell, with these probabilities (``oracle_image``). "readout", "readout-position",
+    "readout-clean", "readout-classes" (pooling 1 x 1, readout_init scenes): that connector reading the frozen ViT's
+    features through a fixed read-out of the cells (``ReadoutEyes``): linear; with the patch's own exact row and
+    column; with the colour, shape and empty decisions made one-hots; with softmax read-outs making them. They tell
+    which part of what the ViT knows the LLM is slow to read.
     slot_pooling (oracle eyes only): the attention pooling starts as ``slot_pooling`` sets it, each of its four
     heads taking one cell of the window whole, so that its output lists the window's four cells as o17's tokens do.
     pooling_init: a folder holding an attention pooling pre-trained together with the ViT
@@ -93,6 +101,8 @@ class EyesConfig:
     oracle knows of its cell (``oracle.cell_features``), on this many fresh scenes, and start the pooling (for one
     patch, the linear map wo(wv x)) as that map: the projector then starts from the cells' colour, shape and place
     as coordinates, as the oracle's projector does (``readout_pooling``; its seconds count in the minutes).
+    align_scenes, align_steps: before training, the whole connector is trained for align_steps steps on this many
+    scenes to give what a fresh connector reading the oracle's cells gives (``align_connector``; counted).
     """
 
     scene_size: int = 56
@@ -121,13 +131,20 @@ class EyesConfig:
     vision_init: str | None = None  # a saved ViT folder to start from (e.g. ``pretrain_vit``'s)
     scene_sizes: tuple[int, ...] = ()  # training scenes at these sides, one picked per scene (empty: scene_size)
     scene_pool: int = 0  # > 0: a step samples its scenes from a pool of this many (drawn in the first step)
+    oracle_offset_noise: float = 0.0  # oracle eyes: N(0, this) cells added to each object's offset
+    oracle_cell_errors: tuple[float, float] = (0.0, 0.0)  # oracle eyes: objects missed, phantoms beside objects
+    cache_features: bool = False  # frozen eyes: a training scene's features computed once, when drawn (CachedEyes)
     fresh_scenes: int = 4  # with scene_pool: scenes of the pool replaced by new ones at each step
     uniform_pooling: bool = False  # the attention pooling's query projection starts at 0: a plain mean at step 0
-    eyes: str = "vit"  # or "oracle": the ViT replaced by each patch's cell's oracle features (``OracleEyes``)
+    eyes: str = "vit"  # "oracle": the ViT replaced by each patch's cell's oracle features (``OracleEyes``); "readout"
+    # / "readout-position" / "readout-clean" / "readout-classes": the ViT's features read out into that form
+    # (``ReadoutEyes``)
     slot_pooling: bool = False  # oracle eyes: the attention pooling starts as ``slot_pooling`` (each head one cell)
     pooling_init: str | None = None  # a folder with an attention pooling pre-trained with its ViT (POOLING_FILE)
     lr_pool: float | None = None  # the attention pooling's learning rate (None: lr_connector's)
     readout_init: int = 0  # > 0: the pooling starts as a least-squares read-out of the cells fitted on this many scenes
+    align_scenes: int = 0  # > 0: the connector starts trained to give the oracle connector's tokens (align_connector)
+    align_steps: int = 300
     seed: int = 0
 
     def molmo_config(self) -> MolmoConfig:
@@ -252,27 +269,70 @@ class OracleEyes(torch.nn.Module):
         return crops
 
 
-def oracle_image(model: MolmoLite, example: Example) -> ImageInputs:
+def oracle_image(model: MolmoLite, example: Example, offset_noise: float = 0.0,
+                 cell_errors: tuple[float, float] = (0.0, 0.0)) -> ImageInputs:
     """The example's ImageInputs (layout, pooling windows) with every crop's pixels replaced by what the oracle knows
     of each patch's cell (``oracle.cell_features`` of a grid of crop_size / patch_size): float [n, P, F]. Each crop
     must show the whole scene (the overview and one crop: ``max_crops`` 1, or the overview alone: crop_mode
-    "resize"), so that patch (i, j) of a grid of G x G is cell (i, j) of G x G."""
+    "resize"), so that patch (i, j) of a grid of G x G is cell (i, j) of G x G. offset_noise: Gaussian noise of
+    that standard deviation (in cells) added to each occupied cell's offset (``EyesConfig.oracle_offset_noise``).
+    cell_errors (missed, phantom): each object's cell read empty with probability missed, and each empty neighbour
+    (above, below, left, right) of an object given that object's colour and shape with probability phantom
+    (``EyesConfig.oracle_cell_errors``)."""
     inputs = model.processor(example.image)
     if inputs.tiling not in ((1, 1), (0, 0)):
         raise ValueError(f"oracle eyes need one crop showing the whole scene (max_crops=1), got {inputs.tiling}")
     grid = model.config.vision.image_size // model.config.vision.patch_size
     cells = torch.from_numpy(cell_features(example.meta["objects"], grid))
+    if offset_noise:  # the offsets of occupied cells as eyes that misjudge them would give (N(0, offset_noise) cells)
+        where = len(COLOURS) + len(SHAPES)
+        occupied = cells[:, :len(COLOURS)].sum(1, keepdim=True) > 0
+        cells[:, where:where + 2] += offset_noise * torch.randn(len(cells), 2) * occupied
+    missed, phantom = cell_errors
+    if missed or phantom:  # eyes that miss objects and see one again on a neighbouring empty cell
+        content = len(COLOURS) + len(SHAPES)
+        occupied = cells[:, :len(COLOURS)].sum(1) > 0
+        for k in occupied.nonzero().flatten().tolist():
+            i, j = divmod(k, grid)
+            for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                n = (i + di) * grid + j + dj
+                if 0 <= i + di < grid and 0 <= j + dj < grid and not occupied[n] and torch.rand(()) < phantom:
+                    cells[n, :content] = cells[k, :content]
+        lost = occupied & (torch.rand(len(cells)) < missed)
+        cells[lost, :content + 2] = 0  # colour, shape, offset
     return replace(inputs, crops=cells.expand(inputs.num_crops, -1, -1).contiguous())
 
 
+class CachedEyes(torch.nn.Module):
+    """Frozen eyes whose features a training scene's ImageInputs already carry: ``features`` passes a tensor of
+    features [n, P, D] on and runs the eyes it wraps on pixels [n, 3, S, S] (the held-out scenes, generation), so
+    a scene drawn into the pool (``EyesConfig.scene_pool``) goes through the frozen ViT once, not at every step
+    it is sampled (``EyesConfig.cache_features``)."""
+
+    def __init__(self, eyes: torch.nn.Module):
+        super().__init__()
+        self.eyes = eyes
+        self.positional_embedding = eyes.positional_embedding
+
+    def features(self, crops: torch.Tensor) -> torch.Tensor:
+        return crops if crops.dim() == 3 else self.eyes.features(crops)
+
+
 def seen_image(model: MolmoLite, config: EyesConfig, example: Example) -> ImageInputs:
-    """The example's image as the model reads it: preprocessed, or with oracle eyes ``oracle_image``."""
-    return oracle_image(model, example) if config.eyes == "oracle" else model.processor(example.image)
+    """The example's image as the model reads it: preprocessed, or with oracle eyes ``oracle_image``; with cached
+    eyes (``CachedEyes``) its crops are already the frozen eyes' features."""
+    if config.eyes == "oracle":
+        return oracle_image(model, example, config.oracle_offset_noise, config.oracle_cell_errors)
+    inputs = model.processor(example.image)
+    if isinstance(model.vision, CachedEyes):
+        with torch.no_grad():
+            return replace(inputs, crops=model.vision.eyes.features(inputs.crops))
+    return inputs
 
 
 def seen(model: MolmoLite, config: EyesConfig, examples: Sequence[Example]) -> list[Example]:
     """The examples as the model sees them: unchanged, or with oracle eyes their images as ``oracle_image``."""
-    if config.eyes == "vit":
+    if config.eyes != "oracle":
         return list(examples)
     return [Example(seen_image(model, config, ex), ex.messages, ex.task, ex.meta) for ex in examples]
 
@@ -307,15 +367,31 @@ def slot_pooling(pool: torch.nn.Module, grid: int, sharpness: float = 40.0) -> N
     pool.wo.weight.copy_(torch.eye(4 * d))
 
 
+def softmax_readout(x: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.nn.Linear:
+    """A linear map x [N, D] -> logits of ``classes`` fitted to ``labels`` [N] by cross-entropy (L-BFGS), frozen."""
+    head = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), labels)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return head.requires_grad_(False)
+
+
 @torch.no_grad()
-def readout_pooling(model: MolmoLite, config: EyesConfig, scenes: int, ridge: float = 1e-3) -> dict:
-    """Start a 1 x 1 attention pooling as the least-squares read-out of the cells: on ``scenes`` fresh scenes (a
-    seed stream of their own), the ViT features of every patch (after the connector's normalisation) are regressed
-    on ``oracle.cell_features`` of its cell (ridge ``ridge``); wv's first feature_size rows become that map, wo the
-    identity, so each image token enters the projector as its cell's estimated colour, shape, offset, row and column
-    (the rest zero). -> the fit's mean squared error and its colour accuracy (argmax) on occupied cells."""
-    if config.pooling != (1, 1):
-        raise ValueError("readout_pooling reads one patch per token: it needs pooling (1, 1)")
+def fit_readout(model: MolmoLite, config: EyesConfig, scenes: int, ridge: float = 1e-3,
+                classes: bool = False) -> dict:
+    """The least-squares read-out of the cells: on ``scenes`` fresh scenes (a seed stream of their own), the ViT
+    features of every patch of the overview (after the connector's normalisation) are regressed on
+    ``oracle.cell_features`` of its cell (ridge ``ridge``). -> "weight" [input_dim, feature_size], "bias"
+    [feature_size] (float tensors) and the fit's mean squared error and colour accuracy (argmax) on occupied cells.
+    classes: also fit (L-BFGS, cross-entropy) softmax read-outs of colour-or-empty and of shape (on occupied cells)
+    under "heads", with their fit: cells decided right, empty cells read occupied, occupied cells read empty."""
     grid = config.crop_size // config.patch_size
     rng = np.random.default_rng(split_seed(config.seed + 2, "train"))
     examples = [pointing_example(rng, size=config.scene_size, max_count=config.max_count,
@@ -325,28 +401,185 @@ def readout_pooling(model: MolmoLite, config: EyesConfig, scenes: int, ridge: fl
     y = torch.from_numpy(np.concatenate([cell_features(ex.meta["objects"], grid) for ex in examples]))
     xb = torch.cat([x, torch.ones(len(x), 1)], 1).double()
     w = torch.linalg.solve(xb.T @ xb + ridge * len(x) * torch.eye(xb.shape[1], dtype=xb.dtype), xb.T @ y.double())
-    pool, n = model.connector.pool, y.shape[1]
+    fit = (xb @ w).float()
+    occupied = y[:, :len(COLOURS)].sum(1) > 0
+    if classes:  # softmax read-outs of colour-or-empty and of shape, as the cell objective's head decides
+        n_colour, n_shape = len(COLOURS), len(SHAPES)
+        colour = torch.where(occupied, y[:, :n_colour].argmax(1), n_colour)  # class n_colour: empty
+        shape = y[occupied, n_colour:n_colour + n_shape].argmax(1)
+        heads = {"colour_head": softmax_readout(x, colour, n_colour + 1),
+                 "shape_head": softmax_readout(x[occupied], shape, n_shape)}
+        decided = heads["colour_head"](x).argmax(1)
+        classes_fit = {"heads": heads, "cell_acc": round(float((decided == colour).float().mean()), 4),
+                       "false_occupied": round(float((decided[~occupied] < n_colour).float().mean()), 4),
+                       "missed": round(float((decided[occupied] == n_colour).float().mean()), 4)}
+    else:
+        classes_fit = {}
+    named = fit[occupied, :len(COLOURS)].argmax(1) == y[occupied, :len(COLOURS)].argmax(1)
+    return classes_fit | {"weight": w[:-1].float(), "bias": w[-1].float(), "scenes": scenes,
+                          "mse": round(float(((fit - y) ** 2).mean()), 5),
+                          "colour_acc": round(float(named.float().mean()), 4)}
+
+
+@torch.no_grad()
+def readout_pooling(model: MolmoLite, config: EyesConfig, scenes: int, ridge: float = 1e-3) -> dict:
+    """Start a 1 x 1 attention pooling as the least-squares read-out of the cells (``fit_readout``): wv's first
+    feature_size rows become that map, wo the identity, so each image token enters the projector as its cell's
+    estimated colour, shape, offset, row and column (the rest zero). -> the fit's mean squared error and its colour
+    accuracy (argmax) on occupied cells."""
+    if config.pooling != (1, 1):
+        raise ValueError("readout_pooling reads one patch per token: it needs pooling (1, 1)")
+    pool, n = model.connector.pool, feature_size(config.crop_size // config.patch_size)
     if pool.wv.weight.shape[0] < n or pool.wo.weight.shape[0] != pool.wo.weight.shape[1]:
         raise ValueError("readout_pooling needs at least feature_size value channels and a square wo")
+    fit = fit_readout(model, config, scenes, ridge)
     for layer in (pool.wv, pool.wo):
         layer.weight.zero_()
         layer.bias.zero_()
-    pool.wv.weight[:n] = w[:-1].T.float()
-    pool.wv.bias[:n] = w[-1].float()
+    pool.wv.weight[:n] = fit["weight"].T
+    pool.wv.bias[:n] = fit["bias"]
     pool.wo.weight.copy_(torch.eye(pool.wo.weight.shape[0]))
-    fit = (xb @ w).float()
-    occupied = y[:, :len(COLOURS)].sum(1) > 0
-    return {"scenes": scenes, "mse": round(float(((fit - y) ** 2).mean()), 5),
-            "colour_acc": round(float((fit[occupied, :len(COLOURS)].argmax(1) == y[occupied, :len(COLOURS)].argmax(1))
-                                      .float().mean()), 4)}
+    return {k: fit[k] for k in ("scenes", "mse", "colour_acc")}
+
+
+class ReadoutEyes(torch.nn.Module):
+    """The diagnostic that keeps the real eyes' knowledge but hands it over in the oracle's form
+    (``EyesConfig.eyes == "readout"`` or "readout-position"): each patch's ViT features, normalised as the
+    connector would, through a fixed linear read-out of the cells (``fit_readout``) -> features shaped as
+    ``oracle.cell_features``; with ``exact_position`` the row and column one-hots are replaced by the patch's own
+    (known from its index, not from the scene), so only colour, shape and offset come from the ViT; with ``clean``
+    > 0 ("readout-clean") a cell whose largest colour channel passes ``clean`` gets the one-hots of its largest
+    colour and shape and its offset, any other cell zeros: the read-out's decisions, as sharp as the oracle's."""
+
+    def __init__(self, vision: torch.nn.Module, connector: Connector, weight: torch.Tensor, bias: torch.Tensor,
+                 grid: int, exact_position: bool, clean: float = 0.0, heads: dict | None = None):
+        super().__init__()
+        self.clean = clean
+        self.heads = None if heads is None else torch.nn.ModuleDict(heads)
+        self.vision, self.connector = vision, connector  # the ViT's own connector: its normalisation alone is used
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
+        self.positional_embedding = vision.positional_embedding
+        rows = len(COLOURS) + len(SHAPES) + 2
+        position = torch.zeros(grid * grid, weight.shape[1])
+        for k in range(grid * grid):
+            position[k, rows + k // grid] = position[k, rows + grid + k % grid] = 1
+        self.register_buffer("position", position, persistent=False)
+        self.register_buffer("content", (torch.arange(weight.shape[1]) < rows).float(), persistent=False)
+        self.exact_position = exact_position
+
+    def features(self, crops: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.connector.normalize(self.vision.features(crops))
+            read = x @ self.weight + self.bias
+        if self.clean:  # one-hots of the largest colour and shape where the colours say "occupied", else zeros
+            n_colour, n_shape = len(COLOURS), len(SHAPES)
+            colour, shape = read[..., :n_colour], read[..., n_colour:n_colour + n_shape]
+            occupied = (colour.amax(-1, keepdim=True) > self.clean).float()
+            if self.heads is not None:  # the softmax read-outs decide instead
+                decided = self.heads["colour_head"](x).argmax(-1)
+                occupied = (decided < n_colour).float()[..., None]
+                colour, shape = F.one_hot(decided.clamp(max=n_colour - 1), n_colour), self.heads["shape_head"](x)
+            read = torch.cat([F.one_hot(colour.argmax(-1), n_colour) * occupied,
+                              F.one_hot(shape.argmax(-1), n_shape) * occupied,
+                              read[..., n_colour + n_shape:n_colour + n_shape + 2] * occupied,
+                              read[..., n_colour + n_shape + 2:]], -1)
+        return read * self.content + self.position if self.exact_position else read
+
+
+def align_connector(model: MolmoLite, config: EyesConfig, scenes: int, steps: int, batch: int = 32,
+                    lr: float = 1e-3) -> dict:
+    """Start the connector (pooling and projector) as the oracle eyes' connector of e19 would start, read through
+    the frozen ViT. On ``scenes`` fresh scenes (a seed stream of their own) the ViT's features are computed once;
+    a fresh connector reading ``oracle.cell_features`` (pooling 1 x 1) gives each image token its target. The
+    connector starts as that oracle connector after the least-squares read-out of the cells (``readout_pooling``,
+    composed into its pooling's linear map), then is trained (``steps`` of AdamW on ``batch`` scenes, MSE) to give
+    the targets: the SwiGLU projector can learn to send an empty cell to the empty cell's embedding where the linear
+    read-out leaves small colours in it. -> the fit (mean squared error relative to the targets' variance, at the
+    start on one batch and at the end on held-back scenes) and the share of held-back tokens whose nearest target
+    is one of their own cell's kind (empty, or its colour and shape)."""
+    if config.eyes != "vit":
+        raise ValueError("align_connector reads the ViT: it needs eyes='vit'")
+    grid = config.crop_size // config.patch_size
+    rng = np.random.default_rng(split_seed(config.seed + 3, "train"))
+    examples = [pointing_example(rng, size=config.scene_size, max_count=config.max_count,
+                                 max_distractors=config.max_distractors) for _ in range(scenes)]
+    images = [model.processor(ex.image) for ex in examples]
+    if any(im.tiling not in ((1, 1), (0, 0)) for im in images):
+        raise ValueError("align_connector needs one crop showing the whole scene (the oracle's cells)")
+    torch.manual_seed(config.seed + 3)
+    oracle = Connector(replace(model.config.connector, input_dim=feature_size(grid), feature_norm=0))
+    with torch.no_grad():
+        cells = [torch.from_numpy(cell_features(ex.meta["objects"], grid)) for ex in examples]
+        vit = [model.vision.features(im.crops) for im in images]
+        targets = [oracle(c.expand(im.num_crops, -1, -1), im.pooled_patches_idx, im.patch_pad_fraction)
+                   for c, im in zip(cells, images)]
+    held = max(1, scenes // 8)  # the last eighth: held back to judge the fit
+    scale = torch.cat(targets[:-held]).var().item()
+    connector = model.connector
+    with torch.no_grad():  # the read-out c = w x + b, then the oracle's pooling of one patch wo(wv c)
+        readout_pooling(model, config, scenes)
+        n = feature_size(grid)
+        w, b = connector.pool.wv.weight[:n].clone(), connector.pool.wv.bias[:n].clone()
+        connector.pool.wv.weight.copy_(oracle.pool.wv.weight @ w)
+        connector.pool.wv.bias.copy_(oracle.pool.wv.weight @ b + oracle.pool.wv.bias)
+        connector.pool.wo.load_state_dict(oracle.pool.wo.state_dict())
+        connector.projector.load_state_dict(oracle.projector.state_dict())
+    opt = torch.optim.AdamW(connector.parameters(), lr=lr, weight_decay=0.0)
+
+    def loss_on(which: Sequence[int]) -> torch.Tensor:
+        b = batch_images([images[k] for k in which])
+        out = connector(torch.cat([vit[k] for k in which]), b["pooled_patches_idx"], b["patch_pad_fraction"])
+        return ((out - torch.cat([targets[k] for k in which])) ** 2).mean() / scale
+
+    with torch.no_grad():
+        first = float(loss_on(range(min(batch, scenes - held))))
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+        loss = loss_on(rng.choice(scenes - held, size=min(batch, scenes - held), replace=False))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        rest = list(range(scenes - held, scenes))
+        b = batch_images([images[k] for k in rest])
+        out = connector(torch.cat([vit[k] for k in rest]), b["pooled_patches_idx"], b["patch_pad_fraction"])
+        want = torch.cat([targets[k] for k in rest])
+        kinds = torch.cat([c[:, :len(COLOURS) + len(SHAPES)] for c in (cells[k] for k in rest)])
+        _, kind_id = torch.unique(kinds, dim=0, return_inverse=True)
+        # the nearest target among the held-back tokens' own: right when it is a token of the same kind
+        nearest = torch.cdist(out, want).argmin(1)
+        kind_acc = float((kind_id[nearest] == kind_id).float().mean()) if len(out) == len(kind_id) else float("nan")
+        heldout_mse = float(((out - want) ** 2).mean() / scale)
+    return {"scenes": scenes, "steps": steps, "first_loss": round(first, 4), "heldout_relative_mse":
+            round(heldout_mse, 4), "nearest_kind_acc": round(kind_acc, 4)}
+
+
+EYES = ("vit", "oracle", "readout", "readout-position", "readout-clean", "readout-classes")
+
+
+def use_readout_eyes(model: MolmoLite, config: EyesConfig) -> dict:
+    """Replace the model's eyes by ``ReadoutEyes`` fitted on ``config.readout_init`` scenes and its connector by a
+    fresh one reading cell features (as the oracle eyes'); -> the fit's summary (``fit_readout``)."""
+    grid = config.crop_size // config.patch_size
+    fit = fit_readout(model, config, config.readout_init, classes=config.eyes == "readout-classes")
+    model.vision = ReadoutEyes(model.vision, model.connector, fit["weight"], fit["bias"], grid,
+                               exact_position=config.eyes != "readout",
+                               clean=0.3 * (config.eyes in ("readout-clean", "readout-classes")),
+                               heads=fit.get("heads"))
+    model.connector = Connector(replace(model.config.connector, input_dim=feature_size(grid), feature_norm=0))
+    return {k: v for k, v in fit.items() if k not in ("weight", "bias", "heads")}
 
 
 def build_model(config: EyesConfig) -> MolmoLite:
     """The tiny Molmo of ``config``: its ViT from ``vision_init`` when given, the rest from a random start (the
     attention pooling's query projection at 0 with ``uniform_pooling``); with oracle eyes, ``OracleEyes`` and a
     connector reading their features."""
-    if config.eyes not in ("vit", "oracle"):
-        raise ValueError(f"eyes must be 'vit' or 'oracle', got {config.eyes!r}")
+    if config.eyes not in EYES:
+        raise ValueError(f"eyes must be one of {EYES}, got {config.eyes!r}")
+    if config.eyes.startswith("readout") and not (config.readout_init and config.pooling == (1, 1)):
+        raise ValueError("read-out eyes are fitted on readout_init scenes, one patch per token: pooling (1, 1)")
     vision = load_encoder(Path(config.vision_init)) if config.vision_init else None
     model = MolmoLite.from_parts(config.molmo_config(), vision=vision)
     if config.pooling_init:
@@ -376,7 +609,16 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
     torch.manual_seed(config.seed)
     model = build_model(config)
     fitting = time.perf_counter()
-    readout = readout_pooling(model, config, config.readout_init) if config.readout_init else None
+    readout = (use_readout_eyes(model, config) if config.eyes.startswith("readout") else
+               readout_pooling(model, config, config.readout_init) if config.readout_init else None)
+    if config.align_scenes:
+        readout = (readout or {}) | {"align": align_connector(model, config, config.align_scenes, config.align_steps)}
+        if log:
+            log(f"aligned connector: {readout['align']}")
+    if config.cache_features:
+        if config.lr_vit != 0 or config.eyes == "oracle":
+            raise ValueError("cache_features keeps the eyes' features fixed: it needs a frozen ViT (lr_vit 0)")
+        model.vision = CachedEyes(model.vision)
     readout_minutes = (time.perf_counter() - fitting) / 60
     pool_lr = config.lr_connector if config.lr_pool is None else config.lr_pool
     optimizers = build_optimizer(model, config, {"vision.": config.lr_vit, "connector.pool.": pool_lr,
@@ -429,7 +671,14 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
         "shuffled": {k: shuffled[k] for k in ("pointing_f1", "counting_exact")}, "shift": shifted,
         "shift_56px": {k: shifted_56[k] for k in ("pointing_f1", "counting_exact", "by_background")},
         "image_tokens": sum(t == "<im_patch>" for t in model.prepare_images([held[0].image])[0].tokens),
-        "model": model}
+        "model": unwrapped(model)}
+
+
+def unwrapped(model: MolmoLite) -> MolmoLite:
+    """The model with ``CachedEyes`` taken off its ViT (the model that is saved and read back)."""
+    if isinstance(model.vision, CachedEyes):
+        model.vision = model.vision.eyes
+    return model
 
 
 _CAPTION_ENTRY = re.compile(r"([a-z]+) ([a-z]+) (\d+(?:\.\d+)?) (\d+(?:\.\d+)?)")

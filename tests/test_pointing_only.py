@@ -378,3 +378,127 @@ def test_readout_pooling_starts_each_token_as_its_cells_estimated_description():
     assert pooled[..., truth.shape[-1]:].abs().max() < 1e-6
     with pytest.raises(ValueError, match="pooling"):
         readout_pooling(build_model(EyesConfig(patch_size=7)), EyesConfig(patch_size=7), 4)
+
+
+def test_align_connector_fits_the_oracle_connectors_tokens():
+    """align_connector starts the connector as the read-out of the cells composed with a fresh oracle connector,
+    then trains it toward that connector's tokens: the held-back fit ends below the start's, most held-back tokens
+    sit nearest a target of their own cell's kind (chance: about the share of empty cells, which is far lower than
+    what a token of a given colour and shape must reach), and oracle eyes are refused."""
+    from molmo_lite.pointing_only import align_connector
+
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0,
+                        vision_init=str(REPO / "data_samples" / "backbones" / "vit_p7_cell1"))
+    fit = align_connector(build_model(config), config, scenes=128, steps=150)
+    assert fit["heldout_relative_mse"] < fit["first_loss"]
+    assert fit["nearest_kind_acc"] > 0.85
+    oracle = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), eyes="oracle")
+    with pytest.raises(ValueError, match="eyes='vit'"):
+        align_connector(build_model(oracle), oracle, scenes=4, steps=1)
+
+
+def test_readout_eyes_hand_over_the_vits_cells_in_the_oracles_form():
+    """ReadoutEyes (eyes "readout-position") give each patch of a held-out scene a vector shaped as
+    ``oracle.cell_features``: its colour channels name the colour in the patch's cell for most occupied cells
+    (chance 1/8), its row and column channels are exactly the patch's own; with eyes "readout" they are the ViT's
+    estimate (right for most patches, not exact). The connector then reads cell features, and read-out eyes need
+    readout_init scenes."""
+    from molmo_lite.data.synthetic import COLOURS, SHAPES
+    from molmo_lite.oracle import cell_features, feature_size
+    from molmo_lite.pointing_only import ReadoutEyes, use_readout_eyes
+
+    held = pointing_examples(10, 0, "heldout", 56, max_count=10)
+    truth = torch.from_numpy(np.stack([cell_features(ex.meta["objects"], 8) for ex in held]))
+    occupied = truth[..., :len(COLOURS)].sum(-1) > 0
+    rows = len(COLOURS) + len(SHAPES) + 2
+    for eyes in ("readout-position", "readout"):
+        config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0, eyes=eyes,
+                            readout_init=64, vision_init=str(REPO / "data_samples" / "backbones" / "vit_p7_cell1"))
+        model = build_model(config)
+        assert use_readout_eyes(model, config)["colour_acc"] > 0.8
+        assert isinstance(model.vision, ReadoutEyes) and model.connector.config.input_dim == feature_size(8)
+        with torch.no_grad():
+            seen_ = torch.stack([model.vision.features(im.crops)[0] for im in model.prepare_images(
+                [ex.image for ex in held])])  # [10, 64, F]
+        named = seen_[..., :len(COLOURS)].argmax(-1) == truth[..., :len(COLOURS)].argmax(-1)
+        assert named[occupied].float().mean() > 0.8
+        place = seen_[..., rows:]
+        if eyes == "readout-position":
+            assert torch.equal(place, truth[..., rows:])
+        else:
+            assert not torch.equal(place, truth[..., rows:])
+            assert (place[..., :8].argmax(-1) == truth[..., rows:rows + 8].argmax(-1)).float().mean() > 0.8
+    with pytest.raises(ValueError, match="readout_init"):
+        build_model(EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), eyes="readout"))
+
+
+def test_cached_eyes_give_the_logits_of_the_pixels_and_are_taken_off_the_saved_model():
+    """With cache_features a training scene carries the frozen ViT's features in place of its pixels (CachedEyes
+    passes them on): the model's logits on a batch are those it gives the same scenes as pixels; the model a run
+    returns has its own ViT back; a ViT that learns cannot be cached."""
+    from molmo_lite.pointing_only import CachedEyes, forward, seen_image
+
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0, cache_features=True)
+    model = build_model(config)
+    examples = [pointing_example(np.random.default_rng(k), size=56) for k in range(3)]
+    pixels = [model.processor(ex.image) for ex in examples]
+    model.vision = CachedEyes(model.vision)
+    cached = [seen_image(model, config, ex) for ex in examples]
+    assert cached[0].crops.dim() == 3 and pixels[0].crops.dim() == 4
+    rng = np.random.default_rng(0)
+    batch = build_batch(model, examples, [0, 1, 2], cached, rng)
+    with torch.no_grad():
+        from_cache = forward(model, batch)
+        from_pixels = forward(model, batch | {"images": pixels})
+    assert torch.allclose(from_cache, from_pixels, atol=1e-5)
+    trained = train_eyes(replace(config, scene_pool=8, fresh_scenes=2, batch_size=4, micro_batches=1), steps=2,
+                         heldout=2, evals=0, log=None)["model"]
+    assert not isinstance(trained.vision, CachedEyes)
+    with pytest.raises(ValueError, match="frozen ViT"):
+        train_eyes(replace(config, lr_vit=1e-3), steps=1, heldout=1, evals=0, log=None)
+
+
+def test_oracle_offset_noise_moves_only_the_offsets_of_occupied_cells():
+    """oracle_image with offset_noise: the occupied cells' two offset channels move, every other channel (and every
+    channel of an empty cell) is the oracle's exact one."""
+    from molmo_lite.data.synthetic import COLOURS, SHAPES
+    from molmo_lite.pointing_only import oracle_image
+
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), eyes="oracle")
+    model = build_model(config)
+    example = pointing_example(np.random.default_rng(3), size=56)
+    exact, noisy = oracle_image(model, example).crops[0], oracle_image(model, example, offset_noise=0.2).crops[0]
+    occupied = exact[:, :len(COLOURS)].sum(1) > 0
+    where = len(COLOURS) + len(SHAPES)
+    moved = (noisy != exact).any(0).nonzero().flatten().tolist()
+    assert occupied.any() and moved == [where, where + 1]
+    assert torch.equal(noisy[~occupied], exact[~occupied])
+    assert (noisy[occupied, where:where + 2] != exact[occupied, where:where + 2]).all()
+
+
+def test_oracle_cell_errors_miss_objects_and_copy_them_beside():
+    """oracle_image with cell_errors (1, 0) empties every object's cell (colour, shape and offset; row and column
+    stay); with (0, 1) every empty cell beside an object takes that object's colour and shape, objects stay."""
+    from molmo_lite.data.synthetic import COLOURS, SHAPES
+    from molmo_lite.pointing_only import oracle_image
+
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), eyes="oracle")
+    model = build_model(config)
+    example = pointing_example(np.random.default_rng(5), size=56)
+    exact = oracle_image(model, example).crops[0]
+    content = len(COLOURS) + len(SHAPES)
+    occupied = exact[:, :len(COLOURS)].sum(1) > 0
+    gone = oracle_image(model, example, cell_errors=(1.0, 0.0)).crops[0]
+    assert occupied.any() and gone[:, :content + 2].abs().sum() == 0
+    assert torch.equal(gone[:, content + 2:], exact[:, content + 2:])
+    doubled = oracle_image(model, example, cell_errors=(0.0, 1.0)).crops[0]
+    assert torch.equal(doubled[occupied], exact[occupied])
+    beside = []
+    for k in occupied.nonzero().flatten().tolist():
+        row, col = divmod(k, 8)
+        beside += [i * 8 + j for i, j in ((row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1))
+                   if 0 <= i < 8 and 0 <= j < 8]
+    empty_beside = [n for n in set(beside) if not occupied[n]]
+    assert empty_beside and all(doubled[n, :len(COLOURS)].sum() == 1 for n in empty_beside)
+    far = [n for n in range(64) if not occupied[n] and n not in beside]
+    assert torch.equal(doubled[far], exact[far])
