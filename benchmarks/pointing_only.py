@@ -31,6 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "pointing_only.json"
 FINAL = ROOT / "runs" / "pointing_only" / "final"
 
+# Molmo's single-crop mode with one token per 7 px cell (e19 on): with the oracle's eyes, and with the frozen
+# per-cell ViT `vit_p7_cell1`
+ORACLE_CELLS = {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "eyes": "oracle"}
+CELL1 = {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "lr_vit": 0.0,
+         "vision_init": "data_samples/backbones/vit_p7_cell1"}
+
 # name -> (what it changes, relative to the configuration it names; the EyesConfig fields it sets)
 CONFIGS: dict[str, tuple[str, dict]] = {
     "e0-tiny": ("the course's tiny image path as it is (56 px scene, crops of 56 px, patches of 14 px, 2 x 2 "
@@ -115,20 +121,50 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                      "no copy of it as a crop) without pooling: 64 tokens, one per 7 px cell, o16's "
                                      "layout, through the real connector (its pooling of one patch is a linear map) "
                                      "and SwiGLU projector",
-                                     {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "eyes": "oracle"}),
+                                     ORACLE_CELLS),
     "e20-cell1-frozen-resize": ("e19 with real eyes: `vit_p7_cells`'s ViT trained 8 more minutes to say what is in "
                                 "each patch's own cell (the cell objective without pooling), frozen; 64 tokens, the "
                                 "overview alone",
-                                {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "lr_vit": 0.0,
-                                 "vision_init": "data_samples/backbones/vit_p7_cell1"}),
+                                CELL1),
     "e22-cell1-readout-resize": ("e20 with the pooling (a linear map for one patch) starting as the least-squares "
                                  "read-out of each cell's colour, shape, offset, row and column from the frozen ViT's "
                                  "features (`readout_pooling`, fitted on 512 fresh scenes in about 2 seconds, counted "
                                  "in the minutes) and frozen: the projector starts from what e19's oracle gives it, "
                                  "with the ViT's errors",
-                                 {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "lr_vit": 0.0,
-                                  "lr_pool": 0.0, "readout_init": 512,
-                                  "vision_init": "data_samples/backbones/vit_p7_cell1"}),
+                                 CELL1 | {"lr_pool": 0.0, "readout_init": 512}),
+    "e23-cell1-aligned-resize": ("e20 with the connector starting as e19's oracle connector read through the frozen "
+                                 "ViT (`align_connector`: the least-squares read-out of the cells composed with a "
+                                 "fresh oracle connector, then 1,000 AdamW steps on 1,024 scenes fitting that "
+                                 "connector's tokens; about 40 s, counted in the minutes); the connector then trains "
+                                 "as e19's",
+                                 CELL1 | {"align_scenes": 1024, "align_steps": 1000}),
+    "e24-readout-eyes-position": ("diagnostic: e19's setup (connector from random reading cell features, 64 tokens) "
+                                  "with the features read out of the frozen `vit_p7_cell1` by e22's least-squares map "
+                                  "(`ReadoutEyes`), its row and column replaced by the patch's own exact ones: the "
+                                  "ViT's colour, shape and offset with perfect positions",
+                                  CELL1 | {"eyes": "readout-position", "readout_init": 1024}),
+    "e26-readout-eyes-clean": ("diagnostic: e24 with the read-out's decisions made sharp: a cell whose largest colour "
+                               "channel passes 0.3 gets the one-hots of its largest colour and shape (and its offset), "
+                               "any other cell zeros - the ViT's errors kept, its soft values gone",
+                               CELL1 | {"eyes": "readout-clean", "readout_init": 1024}),
+    "e27-cell1-readout-pool": ("e22 with its scenes sampled from a pool of 2,048 (4 new per step) whose frozen ViT "
+                               "features are computed once, when a scene is drawn (`cache_features`): about a "
+                               "quarter less time per step once the pool is drawn",
+                               CELL1 | {"lr_pool": 0.0, "readout_init": 512, "scene_pool": 2048,
+                                        "cache_features": True}),
+    "e28-readout-eyes-classes": ("diagnostic: e26 with the decisions made by softmax read-outs of colour-or-empty "
+                                 "and of shape (fitted by L-BFGS on the same 1,024 scenes, as the cell objective's "
+                                 "head decides) instead of a threshold on the least-squares colours",
+                                 CELL1 | {"eyes": "readout-classes", "readout_init": 1024}),
+    "e29-oracle-eyes-offset-noise": ("diagnostic: e19 (oracle eyes) with each object's offset misjudged as the "
+                                     "linear read-out of the ViT misjudges it (Gaussian, 0.13 cells: a mean error of "
+                                     "0.107 cells, 1.3 of Molmo's units), everything else exact",
+                                     ORACLE_CELLS | {"oracle_offset_noise": 0.13}),
+    "e30-oracle-eyes-cell-errors": ("diagnostic: e19 (oracle eyes) with e28's kind of mistakes: each object's cell "
+                                    "read empty with probability 0.08, each empty neighbour of an object given its "
+                                    "colour and shape with probability 0.05 (about 2% of the empty cells), "
+                                    "everything else exact",
+                                    ORACLE_CELLS | {"oracle_cell_errors": (0.08, 0.05)}),
 }
 DEFAULT = "e9-dense60-frozen-1crop"
 
