@@ -442,6 +442,12 @@ def readout_pooling(model: MolmoLite, config: EyesConfig, scenes: int, ridge: fl
     return {k: fit[k] for k in ("scenes", "mse", "colour_acc")}
 
 
+def cell_connector(model: MolmoLite, grid: int) -> Connector:
+    """A fresh connector of the model's design reading ``oracle.cell_features`` of a grid x grid scene (their
+    feature_size channels, no normalisation meant for a ViT): the oracle eyes' and the read-out eyes' connector."""
+    return Connector(replace(model.config.connector, input_dim=feature_size(grid), feature_norm=0))
+
+
 class ReadoutEyes(torch.nn.Module):
     """The diagnostic that keeps the real eyes' knowledge but hands it over in the oracle's form
     (``EyesConfig.eyes == "readout"`` or "readout-position"): each patch's ViT features, normalised as the
@@ -461,9 +467,7 @@ class ReadoutEyes(torch.nn.Module):
         self.register_buffer("bias", bias, persistent=False)
         self.positional_embedding = vision.positional_embedding
         rows = len(COLOURS) + len(SHAPES) + 2
-        position = torch.zeros(grid * grid, weight.shape[1])
-        for k in range(grid * grid):
-            position[k, rows + k // grid] = position[k, rows + grid + k % grid] = 1
+        position = torch.from_numpy(cell_features([], grid))  # an empty scene: each cell's row and column alone
         self.register_buffer("position", position, persistent=False)
         self.register_buffer("content", (torch.arange(weight.shape[1]) < rows).float(), persistent=False)
         self.exact_position = exact_position
@@ -508,7 +512,7 @@ def align_connector(model: MolmoLite, config: EyesConfig, scenes: int, steps: in
     if any(im.tiling not in ((1, 1), (0, 0)) for im in images):
         raise ValueError("align_connector needs one crop showing the whole scene (the oracle's cells)")
     torch.manual_seed(config.seed + 3)
-    oracle = Connector(replace(model.config.connector, input_dim=feature_size(grid), feature_norm=0))
+    oracle = cell_connector(model, grid)
     with torch.no_grad():
         cells = [torch.from_numpy(cell_features(ex.meta["objects"], grid)) for ex in examples]
         vit = [model.vision.features(im.crops) for im in images]
@@ -568,7 +572,7 @@ def use_readout_eyes(model: MolmoLite, config: EyesConfig) -> dict:
                                exact_position=config.eyes != "readout",
                                clean=0.3 * (config.eyes in ("readout-clean", "readout-classes")),
                                heads=fit.get("heads"))
-    model.connector = Connector(replace(model.config.connector, input_dim=feature_size(grid), feature_norm=0))
+    model.connector = cell_connector(model, grid)
     return {k: v for k, v in fit.items() if k not in ("weight", "bias", "heads")}
 
 
@@ -587,7 +591,7 @@ def build_model(config: EyesConfig) -> MolmoLite:
     if config.eyes == "oracle":
         model.vision = OracleEyes()
         grid = config.crop_size // config.patch_size
-        model.connector = Connector(replace(model.config.connector, input_dim=feature_size(grid), feature_norm=0))
+        model.connector = cell_connector(model, grid)
         if config.slot_pooling:
             slot_pooling(model.connector.pool, grid)
     elif config.slot_pooling:
