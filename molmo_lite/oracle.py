@@ -74,20 +74,44 @@ def match_column(objects: Sequence[SceneObject], wanted: Sequence[tuple[float, f
     return col.reshape(grid * grid, 1)
 
 
-def cell_features(objects: Sequence[SceneObject], grid: int = 8) -> np.ndarray:
+def _shares(u: float, grid: int, share: float) -> list[tuple[int, float]]:
+    """Along one axis, a centre at u (in cells): [(index, weight)] of its own cell and, within ``share`` cells of a
+    border, of the cell across it (half each at the border, all its own at ``share`` from it)."""
+    k = min(grid - 1, int(u))
+    f = u - k
+    if share > 0 and f < share and k > 0:
+        w = 0.5 - f / (2 * share)
+        return [(k, 1 - w), (k - 1, w)]
+    if share > 0 and 1 - f < share and k < grid - 1:
+        w = 0.5 - (1 - f) / (2 * share)
+        return [(k, 1 - w), (k + 1, w)]
+    return [(k, 1.0)]
+
+
+def cell_features(objects: Sequence[SceneObject], grid: int = 8, share: float = 0.0) -> np.ndarray:
     """Perfect image features -> float32 [grid * grid, feature_size(grid)], cells in raster order (row by row, as
     Molmo's patches). A cell holding an object's centre has that colour's and shape's one-hots set and the centre's
     offset from the cell's middle, in cells (-0.5..0.5); every cell has its row's and column's one-hot. Two centres in
-    one cell add up (rare: objects do not overlap)."""
+    one cell add up (rare: objects do not overlap).
+
+    share > 0: the features without a hard border. An object whose centre lies within ``share`` cells of a border is
+    shared with the cell across it, linearly from half each at the border to all its own at ``share`` from it
+    (bilinearly near a corner): each cell gets the object's one-hots and its offset from that cell's middle times its
+    weight, so the features change smoothly as the object moves across a border and the weights of each object sum to
+    1. Real eyes cannot tell on which side of a border a centre lies to a fraction of a pixel; they can say how much
+    of it is on each side."""
     n_colour, n_shape = len(COLOURS), len(SHAPES)
     f = np.zeros((grid, grid, feature_size(grid)), np.float32)
     colours = list(COLOURS)
     for o in objects:
-        i, j = cell_of(o, grid)
-        f[i, j, colours.index(o.colour)] += 1
-        f[i, j, n_colour + SHAPES.index(o.shape)] += 1
-        f[i, j, n_colour + n_shape] += o.x / 100 * grid - j - 0.5
-        f[i, j, n_colour + n_shape + 1] += o.y / 100 * grid - i - 0.5
+        u, v = o.x / 100 * grid, o.y / 100 * grid
+        for i, wi in _shares(v, grid, share):
+            for j, wj in _shares(u, grid, share):
+                w = wi * wj
+                f[i, j, colours.index(o.colour)] += w
+                f[i, j, n_colour + SHAPES.index(o.shape)] += w
+                f[i, j, n_colour + n_shape] += w * (u - j - 0.5)
+                f[i, j, n_colour + n_shape + 1] += w * (v - i - 0.5)
     rows = n_colour + n_shape + 2
     for k in range(grid):
         f[k, :, rows + k] = 1
@@ -95,11 +119,11 @@ def cell_features(objects: Sequence[SceneObject], grid: int = 8) -> np.ndarray:
     return f.reshape(grid * grid, -1)
 
 
-def window_features(objects: Sequence[SceneObject], grid: int = 8, pool: int = 1) -> np.ndarray:
+def window_features(objects: Sequence[SceneObject], grid: int = 8, pool: int = 1, share: float = 0.0) -> np.ndarray:
     """``cell_features`` of each ``pool`` x ``pool`` window of cells side by side: what one image token pooled over
     that window could say at best -> float32 [(grid / pool)^2, pool^2 * feature_size(grid)], windows and the cells
-    inside each in raster order (pool 1: ``cell_features``)."""
-    f = cell_features(objects, grid).reshape(grid // pool, pool, grid // pool, pool, -1)
+    inside each in raster order (pool 1: ``cell_features``; share: its)."""
+    f = cell_features(objects, grid, share).reshape(grid // pool, pool, grid // pool, pool, -1)
     return f.transpose(0, 2, 1, 3, 4).reshape((grid // pool) ** 2, -1)
 
 

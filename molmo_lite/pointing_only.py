@@ -39,6 +39,7 @@ from .data.synthetic import (
     COLOURS,
     SHAPES,
     SHIFT_BACKGROUNDS,
+    SceneObject,
     pointing_example,
     pointing_examples,
     shifted_pointing_examples,
@@ -87,11 +88,16 @@ class EyesConfig:
     the oracle knows of its cell (``OracleEyes``), through the real connector (its pooling and projector from
     random, without the feature normalisation meant for a ViT); oracle_offset_noise: each object's offset misjudged
     by Gaussian noise of this many cells; oracle_cell_errors (missed, phantom): objects read empty, and objects seen
-    again on an empty neighbouring cell, with these probabilities (``oracle_image``). "readout", "readout-position",
-    "readout-clean", "readout-classes" (pooling 1 x 1, readout_init scenes): that connector reading the frozen ViT's
-    features through a fixed read-out of the cells (``ReadoutEyes``): linear; with the patch's own exact row and
-    column; with the colour, shape and empty decisions made one-hots; with softmax read-outs making them. They tell
-    which part of what the ViT knows the LLM is slow to read.
+    again on an empty neighbouring cell, with these probabilities (``oracle_image``). cell_share: what the oracle
+    knows of the cells, and what the read-outs are fitted to, without hard borders: an object within this many cells
+    of a border is shared with the cell across it (``oracle.cell_features``). oracle_claim_margin: each object given to
+    a cell picked at random among those within this many cells of its centre (``claimed_cells``). "readout",
+    "readout-position", "readout-clean", "readout-classes" (pooling 1 x 1, readout_init scenes): that connector
+    reading the frozen ViT's features through a fixed read-out of the cells (``ReadoutEyes``): linear; with the
+    patch's own exact row and column; with the colour, shape and empty decisions made one-hots; with softmax
+    read-outs making them. They tell which part of what the ViT knows the LLM is slow to read. "head" (pooling
+    1 x 1): the cells decided by the head the ViT was pre-trained with (``HeadEyes``, ``CELL_HEAD_FILE`` in
+    vision_init).
     slot_pooling (oracle eyes only): the attention pooling starts as ``slot_pooling`` sets it, each of its four
     heads taking one cell of the window whole, so that its output lists the window's four cells as o17's tokens do.
     pooling_init: a folder holding an attention pooling pre-trained together with the ViT
@@ -133,6 +139,8 @@ class EyesConfig:
     scene_pool: int = 0  # > 0: a step samples its scenes from a pool of this many (drawn in the first step)
     oracle_offset_noise: float = 0.0  # oracle eyes: N(0, this) cells added to each object's offset
     oracle_cell_errors: tuple[float, float] = (0.0, 0.0)  # oracle eyes: objects missed, phantoms beside objects
+    cell_share: float = 0.0  # the cells' features shared across borders within this many cells (cell_features)
+    oracle_claim_margin: float = 0.0  # oracle eyes: each object in a random cell within this margin (claimed_cells)
     cache_features: bool = False  # frozen eyes: a training scene's features computed once, when drawn (CachedEyes)
     fresh_scenes: int = 4  # with scene_pool: scenes of the pool replaced by new ones at each step
     uniform_pooling: bool = False  # the attention pooling's query projection starts at 0: a plain mean at step 0
@@ -161,6 +169,7 @@ class EyesConfig:
 
 
 POOLING_FILE = "pooling.safetensors"  # an attention pooling pre-trained with the ViT (``pretrain_vit_cells``)
+CELL_HEAD_FILE = "cell_head.safetensors"  # the cell objective's head, saved beside its ViT (``pretrain_vit_cells``)
 CAPTION = -1  # the annotation index of a dense caption in build_batch's ``which``
 
 
@@ -269,8 +278,29 @@ class OracleEyes(torch.nn.Module):
         return crops
 
 
+def claimed_cells(objects: Sequence[SceneObject], grid: int, margin: float) -> torch.Tensor:
+    """``oracle.cell_features`` with each object put in a cell picked at random among those that may claim it
+    (``claim_cells``: its own, or across a border within ``margin`` cells), its offset from that cell's middle:
+    what perfect eyes trained by ``claim_losses`` could give. -> float [grid * grid, feature_size(grid)]."""
+    n_colour, n_shape = len(COLOURS), len(SHAPES)
+    cells = torch.from_numpy(cell_features([], grid))
+    if not objects:
+        return cells
+    t = torch.from_numpy(claim_targets(objects, max(MAX_OBJECTS, len(objects))))[None]
+    where, real = claim_cells(t, grid, margin)
+    for o, options, ok in zip(objects, where[0], real[0]):
+        c = int(options[ok][torch.randint(int(ok.sum()), ())])
+        i, j = divmod(c, grid)
+        cells[c, list(COLOURS).index(o.colour)] += 1
+        cells[c, n_colour + SHAPES.index(o.shape)] += 1
+        cells[c, n_colour + n_shape] += o.x / 100 * grid - j - 0.5
+        cells[c, n_colour + n_shape + 1] += o.y / 100 * grid - i - 0.5
+    return cells
+
+
 def oracle_image(model: MolmoLite, example: Example, offset_noise: float = 0.0,
-                 cell_errors: tuple[float, float] = (0.0, 0.0)) -> ImageInputs:
+                 cell_errors: tuple[float, float] = (0.0, 0.0), share: float = 0.0,
+                 claim_margin: float = 0.0) -> ImageInputs:
     """The example's ImageInputs (layout, pooling windows) with every crop's pixels replaced by what the oracle knows
     of each patch's cell (``oracle.cell_features`` of a grid of crop_size / patch_size): float [n, P, F]. Each crop
     must show the whole scene (the overview and one crop: ``max_crops`` 1, or the overview alone: crop_mode
@@ -278,12 +308,15 @@ def oracle_image(model: MolmoLite, example: Example, offset_noise: float = 0.0,
     that standard deviation (in cells) added to each occupied cell's offset (``EyesConfig.oracle_offset_noise``).
     cell_errors (missed, phantom): each object's cell read empty with probability missed, and each empty neighbour
     (above, below, left, right) of an object given that object's colour and shape with probability phantom
-    (``EyesConfig.oracle_cell_errors``)."""
+    (``EyesConfig.oracle_cell_errors``). share: objects near a border shared with the cell across it
+    (``oracle.cell_features``, ``EyesConfig.cell_share``). claim_margin: each object in a cell picked at random
+    among those within this many cells of its centre (``claimed_cells``, ``EyesConfig.oracle_claim_margin``)."""
     inputs = model.processor(example.image)
     if inputs.tiling not in ((1, 1), (0, 0)):
         raise ValueError(f"oracle eyes need one crop showing the whole scene (max_crops=1), got {inputs.tiling}")
     grid = model.config.vision.image_size // model.config.vision.patch_size
-    cells = torch.from_numpy(cell_features(example.meta["objects"], grid))
+    cells = (claimed_cells(example.meta["objects"], grid, claim_margin) if claim_margin else
+             torch.from_numpy(cell_features(example.meta["objects"], grid, share)))
     if offset_noise:  # the offsets of occupied cells as eyes that misjudge them would give (N(0, offset_noise) cells)
         where = len(COLOURS) + len(SHAPES)
         occupied = cells[:, :len(COLOURS)].sum(1, keepdim=True) > 0
@@ -322,7 +355,8 @@ def seen_image(model: MolmoLite, config: EyesConfig, example: Example) -> ImageI
     """The example's image as the model reads it: preprocessed, or with oracle eyes ``oracle_image``; with cached
     eyes (``CachedEyes``) its crops are already the frozen eyes' features."""
     if config.eyes == "oracle":
-        return oracle_image(model, example, config.oracle_offset_noise, config.oracle_cell_errors)
+        return oracle_image(model, example, config.oracle_offset_noise, config.oracle_cell_errors,
+                            config.cell_share, config.oracle_claim_margin)
     inputs = model.processor(example.image)
     if isinstance(model.vision, CachedEyes):
         with torch.no_grad():
@@ -398,7 +432,8 @@ def fit_readout(model: MolmoLite, config: EyesConfig, scenes: int, ridge: float 
                                  max_distractors=config.max_distractors) for _ in range(scenes)]
     crops = torch.cat([model.processor(ex.image).crops[:1] for ex in examples])  # the overview: the whole scene
     x = model.connector.normalize(model.vision.features(crops)).reshape(-1, model.connector.config.input_dim)
-    y = torch.from_numpy(np.concatenate([cell_features(ex.meta["objects"], grid) for ex in examples]))
+    y = torch.from_numpy(np.concatenate([cell_features(ex.meta["objects"], grid, config.cell_share)
+                                         for ex in examples]))
     xb = torch.cat([x, torch.ones(len(x), 1)], 1).double()
     w = torch.linalg.solve(xb.T @ xb + ridge * len(x) * torch.eye(xb.shape[1], dtype=xb.dtype), xb.T @ y.double())
     fit = (xb @ w).float()
@@ -419,6 +454,43 @@ def fit_readout(model: MolmoLite, config: EyesConfig, scenes: int, ridge: float 
     return classes_fit | {"weight": w[:-1].float(), "bias": w[-1].float(), "scenes": scenes,
                           "mse": round(float(((fit - y) ** 2).mean()), 5),
                           "colour_acc": round(float(named.float().mean()), 4)}
+
+
+@torch.no_grad()
+def cell_mistakes(model: MolmoLite, config: EyesConfig, fit: dict, examples: Sequence[Example],
+                  near: float = 0.05) -> dict:
+    """Where the eyes' cell decisions go wrong, before any LLM run: the softmax read-out of colour-or-empty of
+    ``fit`` (``fit_readout(classes=True)``) decides every cell of the examples' overviews. -> "missed" (objects
+    whose centre's cell is read empty), "phantom" (empty cells read occupied), and how close the missed centres lie
+    to a border between cells: "missed_near_border" (the share of missed objects within ``near`` cells of one)
+    against "near_border" (the share of all objects there), "missed_border_distance" (their mean distance, in
+    cells). Misses piled up at the borders mean the eyes cannot tell on which side of a border a centre lies."""
+    grid, n_colour = config.crop_size // config.patch_size, len(COLOURS)
+    head = fit["heads"]["colour_head"]
+    objects = missed = phantom = empty = 0
+    distance, distance_missed = [], []
+    for ex in examples:
+        crops = model.processor(ex.image).crops[:1]
+        x = model.connector.normalize(model.vision.features(crops)).reshape(-1, model.connector.config.input_dim)
+        decided = head(x).argmax(1).reshape(grid, grid)
+        occupied = torch.zeros(grid, grid, dtype=torch.bool)
+        for o in ex.meta["objects"]:
+            u, v = o.x / 100 * grid, o.y / 100 * grid
+            i, j = min(grid - 1, int(v)), min(grid - 1, int(u))
+            occupied[i, j] = True
+            d = min(u - j, j + 1 - u, v - i, i + 1 - v)
+            distance.append(d)
+            if decided[i, j] == n_colour:
+                distance_missed.append(d)
+        objects += len(ex.meta["objects"])
+        missed = len(distance_missed)
+        phantom += int(((decided < n_colour) & ~occupied).sum())
+        empty += int((~occupied).sum())
+    d, dm = np.array(distance), np.array(distance_missed)
+    return {"objects": objects, "missed": round(missed / max(objects, 1), 4), "phantom": round(phantom / empty, 4),
+            "missed_near_border": round(float((dm < near).mean()), 3) if missed else 0.0,
+            "near_border": round(float((d < near).mean()), 3),
+            "missed_border_distance": round(float(dm.mean()), 4) if missed else None}
 
 
 @torch.no_grad()
@@ -491,6 +563,33 @@ class ReadoutEyes(torch.nn.Module):
         return read * self.content + self.position if self.exact_position else read
 
 
+class HeadEyes(torch.nn.Module):
+    """The diagnostic whose eyes decide with the cell objective's own head (``EyesConfig.eyes == "head"``): the
+    frozen ViT's features of each patch through the head it was pre-trained with (``pretrain_vit_cells``, saved as
+    ``CELL_HEAD_FILE``) -> features in the oracle's form (``oracle.cell_features``): where the head's colour-or-empty
+    says a colour, that colour's and its shape's one-hots and its offset (the offset from the patch's middle, as the
+    claiming cell's with ``pretrain_vit_cells(margin=)``), elsewhere zeros; the row and column those of the patch."""
+
+    def __init__(self, vision: torch.nn.Module, head: torch.nn.Linear, grid: int):
+        super().__init__()
+        self.vision, self.head = vision, head.requires_grad_(False)
+        self.positional_embedding = vision.positional_embedding
+        self.register_buffer("position", torch.from_numpy(cell_features([], grid)), persistent=False)
+
+    @torch.no_grad()
+    def features(self, crops: torch.Tensor) -> torch.Tensor:
+        n_colour, n_shape = len(COLOURS), len(SHAPES)
+        out = self.head(self.vision.features(crops))
+        k = n_colour + 1
+        decided = out[..., :k].argmax(-1)
+        occupied = (decided < n_colour).float()[..., None]
+        return torch.cat([F.one_hot(decided.clamp(max=n_colour - 1), n_colour) * occupied,
+                          F.one_hot(out[..., k:k + n_shape].argmax(-1), n_shape) * occupied,
+                          out[..., k + n_shape:k + n_shape + 2].clamp(-1, 1) * occupied,
+                          torch.zeros_like(self.position[..., n_colour + n_shape + 2:]).expand(
+                              *out.shape[:-1], -1)], -1) + self.position
+
+
 def align_connector(model: MolmoLite, config: EyesConfig, scenes: int, steps: int, batch: int = 32,
                     lr: float = 1e-3) -> dict:
     """Start the connector (pooling and projector) as the oracle eyes' connector of e19 would start, read through
@@ -560,7 +659,7 @@ def align_connector(model: MolmoLite, config: EyesConfig, scenes: int, steps: in
             round(heldout_mse, 4), "nearest_kind_acc": round(kind_acc, 4)}
 
 
-EYES = ("vit", "oracle", "readout", "readout-position", "readout-clean", "readout-classes")
+EYES = ("vit", "oracle", "readout", "readout-position", "readout-clean", "readout-classes", "head")
 
 
 def use_readout_eyes(model: MolmoLite, config: EyesConfig) -> dict:
@@ -588,6 +687,15 @@ def build_model(config: EyesConfig) -> MolmoLite:
     model = MolmoLite.from_parts(config.molmo_config(), vision=vision)
     if config.pooling_init:
         model.connector.pool.load_state_dict(load_file(str(Path(config.pooling_init) / POOLING_FILE)))
+    if config.eyes == "head":  # the cell objective's head, saved beside its ViT, decides each cell
+        if config.pooling != (1, 1) or not config.vision_init:
+            raise ValueError("eyes='head' reads one patch per token through a pre-trained ViT's cell head")
+        grid = config.crop_size // config.patch_size
+        weights = load_file(str(Path(config.vision_init) / CELL_HEAD_FILE))
+        head = torch.nn.Linear(weights["weight"].shape[1], weights["weight"].shape[0])
+        head.load_state_dict(weights)
+        model.vision = HeadEyes(model.vision, head, grid)
+        model.connector = cell_connector(model, grid)
     if config.eyes == "oracle":
         model.vision = OracleEyes()
         grid = config.crop_size // config.patch_size
@@ -750,10 +858,10 @@ def noisy(image: np.ndarray, rng: np.random.Generator, max_sd: float) -> np.ndar
 def cell_classes(targets: torch.Tensor, grid: int) -> dict[str, torch.Tensor]:
     """``oracle.window_features`` [B, windows, cells * F] -> per cell (flattened [B * windows * cells]): "colour"
     (its object's colour, or len(COLOURS) when empty), "shape", "offset" [., 2], "row", "column" (grid indices),
-    "occupied"."""
+    "occupied" (with objects shared across borders, ``cell_features(share=)``: at least half an object there)."""
     n_colour, n_shape = len(COLOURS), len(SHAPES)
     t = targets.reshape(-1, feature_size(grid))
-    occupied = t[:, :n_colour].sum(-1) > 0
+    occupied = t[:, :n_colour].sum(-1) >= 0.5
     colour = torch.where(occupied, t[:, :n_colour].argmax(-1), torch.full_like(occupied, n_colour, dtype=torch.long))
     rows = n_colour + n_shape + 2
     return {"colour": colour, "shape": t[:, n_colour:n_colour + n_shape].argmax(-1),
@@ -770,28 +878,119 @@ def cell_losses(pred: torch.Tensor, targets: torch.Tensor, grid: int) -> dict[st
     """The terms of ``pretrain_vit_cells``'s objective, and its held-out scores: cross-entropy of the colour (or
     empty) of every cell, of the shape and squared error of the offset where a cell holds an object, cross-entropy of
     the row and column; with the accuracies (colour, shape on occupied cells; empty cells called empty) and the mean
-    offset error in cells."""
+    offset error in cells. Targets whose objects are shared across borders (``cell_features(share=)``) are soft: a
+    cell holding w of a red object wants red with probability w and empty with 1 - w, and its shape and offset count
+    with weight w (with whole objects, w is 0 or 1 and these are the plain cross-entropies and squared error)."""
     c = cell_classes(targets, grid)
+    n_colour, n_shape = len(COLOURS), len(SHAPES)
+    t = targets.reshape(len(c["colour"]), feature_size(grid))
     p = pred.reshape(len(c["colour"]), cell_head_size(grid))
-    k = len(COLOURS) + 1
-    colour, shape = p[:, :k], p[:, k:k + len(SHAPES)]
-    offset, rest = p[:, k + len(SHAPES):k + len(SHAPES) + 2], p[:, k + len(SHAPES) + 2:]
+    k = n_colour + 1
+    colour, shape = p[:, :k], p[:, k:k + n_shape]
+    offset, rest = p[:, k + n_shape:k + n_shape + 2], p[:, k + n_shape + 2:]
+    mass = t[:, :n_colour]
+    weight = mass.sum(-1).clamp(max=1.0)  # how much of an object the cell holds
+    present = weight > 0
+    colour_target = torch.cat([mass / mass.sum(-1, keepdim=True).clamp(min=1.0), 1 - weight[:, None]], 1)
+    shape_target = t[present, n_colour:n_colour + n_shape] / weight[present, None]
+    offset_target = t[present, n_colour + n_shape:n_colour + n_shape + 2] / weight[present, None]
+    w = weight[present] / weight[present].sum()
     occ = c["occupied"]
     with torch.no_grad():
         scores = {"colour_acc": (colour.argmax(-1) == c["colour"])[occ].float().mean(),
                   "shape_acc": (shape.argmax(-1) == c["shape"])[occ].float().mean(),
                   "empty_acc": (colour.argmax(-1) == k - 1)[~occ].float().mean(),
-                  "offset_error": (offset - c["offset"])[occ].abs().mean()}
-    return {"colour": F.cross_entropy(colour, c["colour"]), "shape": F.cross_entropy(shape[occ], c["shape"][occ]),
-            "offset": F.mse_loss(offset[occ], c["offset"][occ]),
+                  "offset_error": (offset[present] - offset_target)[weight[present] >= 0.5].abs().mean()}
+    return {"colour": F.cross_entropy(colour, colour_target),
+            "shape": (w * F.cross_entropy(shape[present], shape_target, reduction="none")).sum(),
+            "offset": (w * ((offset[present] - offset_target) ** 2).mean(-1)).sum(),
             "position": F.cross_entropy(rest[:, :grid], c["row"]) + F.cross_entropy(rest[:, grid:], c["column"])
+            } | scores
+
+
+MAX_OBJECTS = 24  # ``claim_targets``' rows: more than chapter 07's scenes hold (10 of a class and 6 others)
+
+
+def claim_targets(objects: Sequence[SceneObject], max_objects: int = MAX_OBJECTS) -> np.ndarray:
+    """A scene's objects for ``claim_losses`` -> float32 [max_objects, 5]: present (1 / 0 for padding), colour and
+    shape index, centre x and y (Molmo's 0-100 units)."""
+    if len(objects) > max_objects:
+        raise ValueError(f"{len(objects)} objects, more than max_objects={max_objects}")
+    t = np.zeros((max_objects, 5), np.float32)
+    for k, o in enumerate(objects):
+        t[k] = (1, list(COLOURS).index(o.colour), SHAPES.index(o.shape), o.x, o.y)
+    return t
+
+
+def claim_cells(objects: torch.Tensor, grid: int, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cells that may claim each object (``claim_losses``): those whose square, widened by ``margin`` cells on
+    every side, holds its centre -> cell indices long [B, M, 4] (raster order) and which of the four are real
+    bool [B, M, 4] (one cell far from any border, two near one, four near a corner)."""
+    u, v = objects[..., 3] / 100 * grid, objects[..., 4] / 100 * grid
+    lo_j, hi_j = ((u - margin).floor().clamp(0, grid - 1).long(), (u + margin).floor().clamp(0, grid - 1).long())
+    lo_i, hi_i = ((v - margin).floor().clamp(0, grid - 1).long(), (v + margin).floor().clamp(0, grid - 1).long())
+    present = objects[..., 0] > 0
+    cells = torch.stack([lo_i * grid + lo_j, lo_i * grid + hi_j, hi_i * grid + lo_j, hi_i * grid + hi_j], -1)
+    real = torch.stack([present, present & (hi_j != lo_j), present & (hi_i != lo_i),
+                        present & (hi_i != lo_i) & (hi_j != lo_j)], -1)
+    return cells, real
+
+
+def claim_losses(pred: torch.Tensor, objects: torch.Tensor, grid: int, margin: float) -> dict[str, torch.Tensor]:
+    """The cell objective without a border to decide (``pretrain_vit_cells(margin=)``), one cell per patch: pred
+    [B, grid^2, cell_head_size] (the head's outputs per cell), objects [B, M, 5] (``claim_targets``). An object
+    whose centre lies within ``margin`` cells of a border may be claimed by the cell on either side (by any of four
+    near a corner): the term "claim" is -log P(exactly one of its cells says its colour), the others say anything
+    else; the cell that claims it owes its shape and its offset from that cell's middle (weighted by how likely it
+    is the claimer). Cells no object may claim must say "empty"; a cell that may claim says "empty" or one of its
+    objects' colours ("colour"). Row and column as ``cell_losses``. Scores: the share of objects claimed exactly
+    once, by none ("missed"), by two or more ("double"), and of cells claiming what none of their objects is
+    ("phantom")."""
+    n_colour, n_shape = len(COLOURS), len(SHAPES)
+    b, cells_n, _ = pred.shape
+    k = n_colour + 1
+    logp = F.log_softmax(pred[..., :k], -1)  # [B, C, colours + empty]
+    cells, real = claim_cells(objects, grid, margin)
+    colour, shape = objects[..., 1].long(), objects[..., 2].long()
+    batch = torch.arange(b)[:, None, None]
+    q = logp[batch, cells, colour[..., None].expand_as(cells)].exp() * real  # P(cell says the object's colour)
+    alone = torch.stack([torch.stack([1 - q[..., j] for j in range(4) if j != i], -1).prod(-1) for i in range(4)], -1)
+    one = (q * alone).sum(-1)  # P(exactly one of its cells claims it)
+    present = objects[..., 0] > 0
+    claim = -(one[present] + 1e-6).log().mean()
+    allowed = torch.zeros(b, cells_n, k, dtype=torch.bool)
+    allowed[..., n_colour] = True
+    flat = allowed.view(-1)
+    index = (torch.arange(b)[:, None, None] * cells_n + cells) * k + colour[..., None]
+    flat[index[real]] = True
+    colour_term = -(logp.masked_fill(~allowed, -torch.inf).logsumexp(-1)).mean()
+    responsibility = (q * alone / (one[..., None] + 1e-6)).detach() * real  # [B, M, 4]
+    weight = responsibility[present] / present.sum()
+    head = pred[batch, cells]  # [B, M, 4, H]
+    shape_ce = F.cross_entropy(head[..., k:k + n_shape].reshape(-1, n_shape),
+                               shape[..., None].expand_as(cells).reshape(-1), reduction="none").view(cells.shape)
+    u, v = objects[..., 3] / 100 * grid, objects[..., 4] / 100 * grid
+    target = torch.stack([u[..., None] - (cells % grid) - 0.5, v[..., None] - (cells // grid) - 0.5], -1)
+    offset_se = ((head[..., k + n_shape:k + n_shape + 2] - target) ** 2).mean(-1)
+    rest = pred[..., k + n_shape + 2:].reshape(-1, 2 * grid)
+    position = torch.arange(cells_n).repeat(b)
+    with torch.no_grad():
+        said = logp.argmax(-1)  # [B, C]
+        claims = ((said[batch, cells] == colour[..., None]) & real).sum(-1)[present]
+        phantom = (said < n_colour) & ~allowed.gather(-1, said[..., None]).squeeze(-1)
+        scores = {"claimed_once": (claims == 1).float().mean(), "missed": (claims == 0).float().mean(),
+                  "double": (claims > 1).float().mean(), "phantom": phantom.float().mean()}
+    return {"colour": colour_term + claim, "shape": (weight * shape_ce[present]).sum(),
+            "offset": (weight * offset_se[present]).sum(),
+            "position": F.cross_entropy(rest[:, :grid], position // grid) + F.cross_entropy(rest[:, grid:],
+                                                                                            position % grid)
             } | scores
 
 
 def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = EyesConfig(patch_size=7, max_crops=1),
                        batch_size: int = 64, lr: float = 1e-3, noise: float = 0.0, init: str | Path | None = None,
-                       pool_size: int = 4096, fresh: int = 16, pooling: bool = False,
-                       log: Callable[[str], None] | None = print) -> dict:
+                       pool_size: int = 4096, fresh: int = 16, pooling: bool = False, share: float = 0.0,
+                       margin: float = 0.0, log: Callable[[str], None] | None = print) -> dict:
     """Pre-train the tiny ViT to say what is in each of its cells: the mean of its features (the two layers the
     connector reads) over each 2 x 2 window of patches, through a linear head, must give what the oracle knows of
     the window's four cells (``oracle.window_features``): the colour of the object centred there or "empty", its
@@ -804,13 +1003,25 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
     times). pooling: the head reads the window through Molmo's attention pooling (the connector's feature
     normalisation and ``AttentionPool``, trained with the ViT) instead of the mean, so that the pooled vector itself
     must keep the four cells apart; the pooling is saved beside the ViT (``POOLING_FILE``, for
-    ``EyesConfig.pooling_init``). The ViT is saved to ``out`` (``save_encoder``; the head is thrown away). -> what it
-    did, with held-out accuracies per cell."""
+    ``EyesConfig.pooling_init``). share: the cells' targets without hard borders (``oracle.cell_features(share=)``,
+    soft targets in ``cell_losses``). margin (one cell per patch, pooling 1 x 1): no border to decide, an object
+    within ``margin`` cells of one may be claimed by the cell on either side (``claim_losses``). The ViT is saved to
+    ``out`` (``save_encoder``) and its head beside it (``CELL_HEAD_FILE``, for ``EyesConfig.eyes == "head"``). ->
+    what it did, with held-out scores per cell."""
     torch.manual_seed(config.seed)
     cfg = config.molmo_config()
     vision = load_encoder(Path(init)) if init else MolmoLite.from_parts(cfg).vision
     processor = MolmoImageProcessor.from_config(cfg.preprocessor)
     grid, pool = config.crop_size // config.patch_size, config.pooling[0]
+    if margin and (pool != 1 or pooling or share):
+        raise ValueError("margin claims one cell per patch: pooling (1, 1), without --pooling or share")
+
+    def targets_of(objects: Sequence[SceneObject]) -> np.ndarray:
+        return claim_targets(objects) if margin else window_features(objects, grid, pool, share)
+
+    def losses(pred: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return claim_losses(pred, targets, grid, margin) if margin else cell_losses(pred, targets, grid)
+
     width = cfg.connector.pool_dim if pooling else vision.config.width * len(vision.config.feature_layers)
     head = torch.nn.Linear(width, pool * pool * cell_head_size(grid))
     connector = Connector(cfg.connector) if pooling else None  # its normalisation and attention pooling
@@ -822,7 +1033,7 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
     def scene() -> tuple[np.ndarray, np.ndarray]:
         ex = pointing_example(rng, size=config.scene_size, max_count=config.max_count,
                               max_distractors=config.max_distractors)
-        return np.asarray(ex.image), window_features(ex.meta["objects"], grid, pool)
+        return np.asarray(ex.image), targets_of(ex.meta["objects"])
 
     def batch(scenes: Sequence[tuple[np.ndarray, np.ndarray]], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
         images = [im if not (augment and noise and rng.random() < 0.5) else noisy(im, rng, noise) for im, _ in scenes]
@@ -839,9 +1050,9 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
         return head(pooled.reshape(b, -1, pooled.shape[-1]))
 
     held = pointing_examples(200, 0, "heldout", config.scene_size, max_count=10)
-    held_crops, held_targets = batch([(np.asarray(ex.image), window_features(ex.meta["objects"], grid, pool))
-                                      for ex in held], augment=False)
-    start, steps, losses = time.perf_counter(), 0, []
+    held_crops, held_targets = batch([(np.asarray(ex.image), targets_of(ex.meta["objects"])) for ex in held],
+                                     augment=False)
+    start, steps, history = time.perf_counter(), 0, []
     scenes = [scene() for _ in range(pool_size)]  # counted in the minutes
     while time.perf_counter() - start < minutes * 60:
         progress = (time.perf_counter() - start) / (minutes * 60)
@@ -850,27 +1061,30 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
         for k in rng.choice(pool_size, size=fresh, replace=False):
             scenes[k] = scene()
         crops, targets = batch([scenes[k] for k in rng.choice(pool_size, size=batch_size, replace=False)], True)
-        terms = cell_losses(predict(crops), targets, grid)
+        terms = losses(predict(crops), targets)
         loss = terms["colour"] + terms["shape"] + 10 * terms["offset"] + 0.1 * terms["position"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         steps += 1
-        losses.append(loss.item())
+        history.append(loss.item())
         if log and steps % 200 == 0:
-            log(f"step {steps}  {(time.perf_counter() - start) / 60:.1f} min  loss {np.mean(losses[-200:]):.4f}  "
-                f"colour {terms['colour_acc']:.3f}  shape {terms['shape_acc']:.3f}")
+            scores = ("claimed once", "claimed_once") if margin else ("colour", "colour_acc")
+            log(f"step {steps}  {(time.perf_counter() - start) / 60:.1f} min  loss {np.mean(history[-200:]):.4f}  "
+                f"{scores[0]} {terms[scores[1]]:.3f}")
     with torch.no_grad():
-        held_terms = cell_losses(predict(held_crops), held_targets, grid)
+        held_terms = losses(predict(held_crops), held_targets)
     summary = {"objective": "cells", "minutes": round((time.perf_counter() - start) / 60, 3), "steps": steps,
                "batch_size": batch_size, "lr": lr, "noise": noise, "pool_size": pool_size, "fresh": fresh,
-               "scenes_drawn": pool_size + steps * fresh, "loss": float(np.mean(losses[-100:])), "pooling": pooling,
+               "scenes_drawn": pool_size + steps * fresh, "loss": float(np.mean(history[-100:])), "pooling": pooling,
+               "share": share, "margin": margin,
                "heldout": {k: round(float(v), 4) for k, v in held_terms.items()}, "config": asdict(config)}
     if log:
         log(f"pretrain_vit_cells: {summary}")
     if init:
         summary |= after_init(summary, init)
     save_encoder(vision, Path(out), {"pretrain": summary})
+    save_file(head.state_dict(), str(Path(out) / CELL_HEAD_FILE))
     if pooling:
         save_file(connector.pool.state_dict(), str(Path(out) / POOLING_FILE))
     return summary
@@ -878,7 +1092,8 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m molmo_lite.pointing_only --out DIR --minutes M [--objective caption|cells] [--patch-size 7]
-    [--scene-size 56] [--max-crops 4] [--crop-mode resize] [--pool 1] [--noise SD] [--init DIR] [--pooling]``:
+    [--scene-size 56] [--max-crops 4] [--crop-mode resize] [--pool 1] [--noise SD] [--init DIR] [--pooling]
+    [--share S] [--margin M]``:
     ``pretrain_vit`` (captions) or ``pretrain_vit_cells`` (what is in each cell)."""
     import argparse
 
@@ -896,6 +1111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", type=int, default=2, help="the connector's pooling window side (default 2)")
     parser.add_argument("--noise", type=float, default=0.0, help="cells: pixel noise sd on half the scenes")
     parser.add_argument("--init", help="a ViT folder of an earlier pre-training to go on from")
+    parser.add_argument("--share", type=float, default=0.0,
+                        help="cells: objects within this many cells of a border shared with the cell across it")
+    parser.add_argument("--margin", type=float, default=0.0,
+                        help="cells, --pool 1: an object within this many cells of a border may be claimed by the "
+                             "cell on either side (claim_losses)")
     parser.add_argument("--pooling", action="store_true",
                         help="cells: the head reads Molmo's attention pooling (trained too, saved beside the ViT)")
     args = parser.parse_args(argv)
@@ -904,7 +1124,7 @@ def main(argv: list[str] | None = None) -> None:
                         crop_mode=args.crop_mode, pooling=(args.pool, args.pool))
     if args.objective == "cells":
         print(pretrain_vit_cells(args.out, args.minutes, config, noise=args.noise, init=args.init,
-                                 pooling=args.pooling))
+                                 pooling=args.pooling, share=args.share, margin=args.margin))
     else:
         print(pretrain_vit(args.out, args.minutes, config, init=args.init))
 

@@ -54,6 +54,26 @@ def test_cell_features_hand_checked():
     assert f[..., :11].sum() == 4  # two colours and two shapes in the whole grid
 
 
+def test_cell_features_shared_across_a_border_hand_checked():
+    """share=0.2: a red circle at (25.6, 6.25) sits 0.048 cells right of the border between columns 1 and 2
+    (25.6 / 12.5 = 2.048), in the middle of row 0: column 1 gets 0.5 - 0.048 / 0.4 = 0.38 of it and column 2 the
+    rest, each with the centre's offset from its own middle (+0.548 and -0.452 cells in x) times its weight. A blue
+    square at (50, 50) lies on the corner of four cells: a quarter each."""
+    objects = [SceneObject("circle", "red", 25.6, 6.25, 5.0), SceneObject("square", "blue", 50.0, 50.0, 5.0)]
+    hard = cell_features(objects, grid=8).reshape(8, 8, -1)
+    f = cell_features(objects, grid=8, share=0.2).reshape(8, 8, -1)
+    np.testing.assert_allclose(f[0, 2, 0], 0.62, atol=1e-6)  # red in its own cell
+    np.testing.assert_allclose(f[0, 1, 0], 0.38, atol=1e-6)  # and across the border
+    np.testing.assert_allclose(f[0, 1, 11], 0.38 * 0.548, atol=1e-5)  # offset from column 1's middle, weighted
+    np.testing.assert_allclose(f[0, 2, 11], 0.62 * -0.452, atol=1e-5)
+    assert f[1, :, 0].sum() == 0 and f[0, 3, 0] == 0  # not near any other border
+    for i, j in ((3, 3), (3, 4), (4, 3), (4, 4)):
+        np.testing.assert_allclose(f[i, j, [2, 9]], [0.25, 0.25], atol=1e-6)  # blue, square
+    np.testing.assert_allclose(f[..., :11].sum(), hard[..., :11].sum(), atol=1e-5)  # each object's weights sum to 1
+    np.testing.assert_array_equal(f[..., 13:], hard[..., 13:])  # rows and columns as ever
+    np.testing.assert_array_equal(cell_features(objects, grid=8, share=0.0).reshape(8, 8, -1), hard)
+
+
 def test_heldout_scenes_are_chapter_07s():
     """The harness scores the very scenes chapter 10 evaluates, read from their ground truth without pixels."""
     ours = heldout_scenes(5)

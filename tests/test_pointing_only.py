@@ -26,6 +26,12 @@ from molmo_lite.pointing_only import (
     build_model,
     caption_scores,
     cell_classes,
+    cell_head_size,
+    cell_losses,
+    cell_mistakes,
+    claim_losses,
+    claim_targets,
+    claimed_cells,
     pretrain_vit_cells,
     train_eyes,
 )
@@ -229,6 +235,142 @@ def test_window_features_put_each_object_in_its_window_and_cell():
     assert (c["row"][occupied].tolist(), c["column"][occupied].tolist()) == ([1, 7], [2, 7])
     assert torch.allclose(c["offset"][occupied], torch.tensor([[0.0, 0.0], [-0.3, 0.4]]), atol=1e-5)
     assert (c["colour"][~c["occupied"]] == len(COLOURS)).all()  # the "empty" class
+
+
+def test_cell_losses_are_the_plain_cross_entropies_on_whole_objects_and_soft_on_shared_ones():
+    """With whole objects (share 0) the colour term is torch's cross-entropy against the hard class (empty = 8),
+    the shape term the cross-entropy over occupied cells, the offset term their squared error. With an object on
+    a border (share 0.2, half in each of two cells) the colour term is lowest when each of the two cells says
+    "red" and "empty" half-and-half, not when one of them claims it whole."""
+    from molmo_lite.data.synthetic import COLOURS, SHAPES
+
+    objects = [SceneObject("circle", "red", 25.0, 6.25, 4), SceneObject("square", "blue", 81.0, 56.0, 4)]
+    torch.manual_seed(0)
+    pred = torch.randn(1, 64, cell_head_size(8))
+    hard = torch.from_numpy(window_features(objects, 8, 1))[None]
+    got, c = cell_losses(pred, hard, 8), cell_classes(hard, 8)
+    p, k, occ = pred.reshape(64, -1), len(COLOURS) + 1, c["occupied"]
+    assert occ.sum() == 2
+    assert torch.allclose(got["colour"], torch.nn.functional.cross_entropy(p[:, :k], c["colour"]))
+    assert torch.allclose(got["shape"], torch.nn.functional.cross_entropy(p[occ, k:k + len(SHAPES)], c["shape"][occ]))
+    offset = p[occ, k + len(SHAPES):k + len(SHAPES) + 2]
+    assert torch.allclose(got["offset"], ((offset - c["offset"][occ]) ** 2).mean())
+
+    shared = torch.from_numpy(window_features(objects[:1], 8, 1, share=0.2))[None]  # x = 25.0: on the border
+    red, empty = list(COLOURS).index("red"), len(COLOURS)
+
+    def colour_loss(left: float) -> float:
+        logits = torch.full((64, cell_head_size(8)), -20.0)
+        logits[:, empty] = 20.0
+        for cell, p_red in ((1, left), (2, 1 - left)):  # row 0, columns 1 and 2
+            logits[cell, red], logits[cell, empty] = np.log(p_red + 1e-9), np.log(1 - p_red + 1e-9)
+        return float(cell_losses(logits[None], shared, 8)["colour"])
+
+    assert colour_loss(0.5) < colour_loss(0.0) - 0.01 and colour_loss(0.5) < colour_loss(1.0) - 0.01
+
+
+def test_cell_mistakes_count_missed_objects_phantoms_and_where_the_misses_lie():
+    """Eyes that call every cell empty miss every object (so the misses lie near borders as often as the objects
+    do) and see no phantom; eyes that call every cell red miss nothing and make every empty cell a phantom."""
+    from molmo_lite.data.synthetic import COLOURS
+
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1))
+    model = build_model(config)
+    held = pointing_examples(6, 0, "heldout", 56, max_count=10)
+
+    def always(colour: int) -> dict:
+        head = torch.nn.Linear(model.connector.config.input_dim, len(COLOURS) + 1)
+        torch.nn.init.zeros_(head.weight)
+        with torch.no_grad():
+            head.bias.fill_(-1.0)
+            head.bias[colour] = 1.0
+        return {"heads": {"colour_head": head}}
+
+    blind = cell_mistakes(model, config, always(len(COLOURS)), held, near=0.1)
+    assert blind["objects"] == sum(len(ex.meta["objects"]) for ex in held) > 10
+    assert blind["missed"] == 1.0 and blind["phantom"] == 0.0
+    assert blind["missed_near_border"] == blind["near_border"] > 0
+    red = cell_mistakes(model, config, always(0), held)
+    assert red["missed"] == 0.0 and red["phantom"] == 1.0 and red["missed_border_distance"] is None
+
+
+def test_claim_losses_accept_either_side_of_a_border_but_one_claim_only():
+    """A red circle 0.05 cells right of the border between columns 1 and 2 (row 0), margin 0.15: column 1 or column
+    2 may claim it. Either alone is claimed once with a low loss; both claiming is "double", neither "missed", each
+    costing more; a far cell saying red is a phantom. The claimer owes the offset from its own middle."""
+    from molmo_lite.data.synthetic import COLOURS, SHAPES
+
+    objects = torch.from_numpy(claim_targets([SceneObject("circle", "red", (2.05) * 12.5, 6.25, 3)]))[None]
+    k, red, circle = len(COLOURS) + 1, list(COLOURS).index("red"), SHAPES.index("circle")
+
+    def says(cells: list[int], phantom: int | None = None, offset: float = 0.0) -> dict:
+        pred = torch.full((1, 64, cell_head_size(8)), -8.0)
+        pred[0, :, len(COLOURS)] = 8.0  # empty
+        pred[0, :, k + circle] = 8.0
+        pred[0, :, k + len(SHAPES)] = offset
+        pred[0, :, k + len(SHAPES) + 1] = 0.0
+        for c in cells + ([phantom] if phantom is not None else []):
+            pred[0, c, red], pred[0, c, len(COLOURS)] = 8.0, -8.0
+        return {key: float(v) for key, v in claim_losses(pred, objects, 8, 0.15).items()}
+
+    left, right, both, neither = says([1]), says([2]), says([1, 2]), says([])
+    assert left["claimed_once"] == right["claimed_once"] == 1.0 and both["double"] == 1.0 and neither["missed"] == 1.0
+    assert max(left["colour"], right["colour"]) < 0.01 < min(both["colour"], neither["colour"])
+    assert says([2], phantom=40)["phantom"] == 1 / 64 and left["phantom"] == 0.0
+    assert says([1], offset=0.55)["offset"] < 1e-3 < says([1], offset=-0.45)["offset"]  # column 1's middle: 0.55 left
+    assert says([2], offset=-0.45)["offset"] < 1e-3
+
+
+def test_claimed_cells_put_each_object_in_one_cell_that_may_claim_it():
+    """A red circle 0.05 cells right of a border lands in column 1 or 2 (both happen over 40 draws), whole, with its
+    offset from that cell's middle; a blue square in the middle of a cell stays there; a tiny margin gives
+    ``cell_features`` exactly."""
+    from molmo_lite.oracle import cell_features
+
+    objects = [SceneObject("circle", "red", 2.05 * 12.5, 6.25, 3), SceneObject("square", "blue", 5.5 * 12.5, 56.25, 3)]
+    seen = set()
+    for _ in range(40):
+        f = claimed_cells(objects, 8, 0.15).reshape(8, 8, -1)
+        column = int(f[0, :, 0].argmax())
+        seen.add(column)
+        assert f[0, column, 0] == 1 and f[..., 0].sum() == 1
+        assert torch.isclose(f[0, column, 11], torch.tensor(2.05 - column - 0.5))
+        assert f[4, 5, 2] == 1 and f[..., 2].sum() == 1  # blue, in its own cell
+    assert seen == {1, 2}
+    torch.testing.assert_close(claimed_cells(objects, 8, 1e-6), torch.from_numpy(cell_features(objects, 8)))
+
+
+def test_head_eyes_give_the_oracles_form_where_the_head_decides(tmp_path):
+    """eyes="head" loads the head saved beside the ViT: a head that calls every cell a red triangle 0.2 cells right
+    of its middle gives every token red's and triangle's one-hots, that offset and the patch's own row and column,
+    as ``cell_features`` writes them for a red triangle in every cell; a head that calls every cell empty gives
+    the empty scene's features."""
+    from safetensors.torch import save_file
+
+    from molmo_lite.clip_pretrain import save_encoder
+    from molmo_lite.data.synthetic import COLOURS, SHAPES
+    from molmo_lite.oracle import cell_features
+    from molmo_lite.pointing_only import CELL_HEAD_FILE
+
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0, eyes="head",
+                        vision_init=str(tmp_path / "vit"))
+    vit = build_model(EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1))).vision
+    save_encoder(vit, tmp_path / "vit", {})
+    k = len(COLOURS) + 1
+    red, triangle = list(COLOURS).index("red"), SHAPES.index("triangle")
+    everywhere = [SceneObject("triangle", "red", (j + 0.7) * 12.5, (i + 0.5) * 12.5, 2)
+                  for i in range(8) for j in range(8)]
+    for says, want in ((red, cell_features(everywhere, 8)), (len(COLOURS), cell_features([], 8))):
+        bias = torch.full((cell_head_size(8),), -5.0)
+        bias[says], bias[k + triangle] = 5.0, 5.0
+        bias[k + len(SHAPES):k + len(SHAPES) + 2] = torch.tensor([0.2, 0.0])
+        save_file({"weight": torch.zeros(cell_head_size(8), vit.config.width * 2), "bias": bias},
+                  str(tmp_path / "vit" / CELL_HEAD_FILE))
+        model = build_model(config)
+        image = pointing_examples(1, 0, "heldout", 56)[0].image
+        got = model.vision.features(model.processor(image).crops)
+        assert got.shape == (1, 64, want.shape[1])
+        torch.testing.assert_close(got[0], torch.from_numpy(want), atol=1e-5, rtol=0)
 
 
 def test_cell_pretraining_learns_from_the_pixels_and_saves_a_vit(tmp_path):
