@@ -467,7 +467,7 @@ def cell_mistakes(model: MolmoLite, config: EyesConfig, fit: dict, examples: Seq
     cells). Misses piled up at the borders mean the eyes cannot tell on which side of a border a centre lies."""
     grid, n_colour = config.crop_size // config.patch_size, len(COLOURS)
     head = fit["heads"]["colour_head"]
-    objects = missed = phantom = empty = 0
+    objects = phantom = empty = 0
     distance, distance_missed = [], []
     for ex in examples:
         crops = model.processor(ex.image).crops[:1]
@@ -483,10 +483,9 @@ def cell_mistakes(model: MolmoLite, config: EyesConfig, fit: dict, examples: Seq
             if decided[i, j] == n_colour:
                 distance_missed.append(d)
         objects += len(ex.meta["objects"])
-        missed = len(distance_missed)
         phantom += int(((decided < n_colour) & ~occupied).sum())
         empty += int((~occupied).sum())
-    d, dm = np.array(distance), np.array(distance_missed)
+    d, dm, missed = np.array(distance), np.array(distance_missed), len(distance_missed)
     return {"objects": objects, "missed": round(missed / max(objects, 1), 4), "phantom": round(phantom / empty, 4),
             "missed_near_border": round(float((dm < near).mean()), 3) if missed else 0.0,
             "near_border": round(float((d < near).mean()), 3),
