@@ -88,6 +88,16 @@ def _shares(u: float, grid: int, share: float) -> list[tuple[int, float]]:
     return [(k, 1.0)]
 
 
+def add_object(f: np.ndarray, o: SceneObject, i: int, j: int, weight: float = 1.0) -> None:
+    """Write ``weight`` of object o into cell (i, j) of features f [grid, grid, feature_size(grid)]: its colour's and
+    shape's one-hots and its centre's offset from that cell's middle, in cells, each times ``weight`` (added)."""
+    n_colour, n_shape, grid = len(COLOURS), len(SHAPES), f.shape[0]
+    f[i, j, list(COLOURS).index(o.colour)] += weight
+    f[i, j, n_colour + SHAPES.index(o.shape)] += weight
+    f[i, j, n_colour + n_shape] += weight * (o.x / 100 * grid - j - 0.5)
+    f[i, j, n_colour + n_shape + 1] += weight * (o.y / 100 * grid - i - 0.5)
+
+
 def cell_features(objects: Sequence[SceneObject], grid: int = 8, share: float = 0.0) -> np.ndarray:
     """Perfect image features -> float32 [grid * grid, feature_size(grid)], cells in raster order (row by row, as
     Molmo's patches). A cell holding an object's centre has that colour's and shape's one-hots set and the centre's
@@ -102,16 +112,10 @@ def cell_features(objects: Sequence[SceneObject], grid: int = 8, share: float = 
     of it is on each side."""
     n_colour, n_shape = len(COLOURS), len(SHAPES)
     f = np.zeros((grid, grid, feature_size(grid)), np.float32)
-    colours = list(COLOURS)
     for o in objects:
-        u, v = o.x / 100 * grid, o.y / 100 * grid
-        for i, wi in _shares(v, grid, share):
-            for j, wj in _shares(u, grid, share):
-                w = wi * wj
-                f[i, j, colours.index(o.colour)] += w
-                f[i, j, n_colour + SHAPES.index(o.shape)] += w
-                f[i, j, n_colour + n_shape] += w * (u - j - 0.5)
-                f[i, j, n_colour + n_shape + 1] += w * (v - i - 0.5)
+        for i, wi in _shares(o.y / 100 * grid, grid, share):
+            for j, wj in _shares(o.x / 100 * grid, grid, share):
+                add_object(f, o, i, j, wi * wj)
     rows = n_colour + n_shape + 2
     for k in range(grid):
         f[k, :, rows + k] = 1

@@ -48,10 +48,12 @@ from .evaluate import generate_in_batches, shuffled_images
 from .connector import Connector
 from .model import MolmoLite
 from .oracle import (
+    add_object,
     annotation,
     backward_in_chunks,
     build_optimizer,
     cell_features,
+    cell_of,
     feature_size,
     loss_of,
     right_padded,
@@ -282,20 +284,14 @@ def claimed_cells(objects: Sequence[SceneObject], grid: int, margin: float) -> t
     """``oracle.cell_features`` with each object put in a cell picked at random among those that may claim it
     (``claim_cells``: its own, or across a border within ``margin`` cells), its offset from that cell's middle:
     what perfect eyes trained by ``claim_losses`` could give. -> float [grid * grid, feature_size(grid)]."""
-    n_colour, n_shape = len(COLOURS), len(SHAPES)
-    cells = torch.from_numpy(cell_features([], grid))
-    if not objects:
-        return cells
-    t = torch.from_numpy(claim_targets(objects, max(MAX_OBJECTS, len(objects))))[None]
-    where, real = claim_cells(t, grid, margin)
-    for o, options, ok in zip(objects, where[0], real[0]):
-        c = int(options[ok][torch.randint(int(ok.sum()), ())])
-        i, j = divmod(c, grid)
-        cells[c, list(COLOURS).index(o.colour)] += 1
-        cells[c, n_colour + SHAPES.index(o.shape)] += 1
-        cells[c, n_colour + n_shape] += o.x / 100 * grid - j - 0.5
-        cells[c, n_colour + n_shape + 1] += o.y / 100 * grid - i - 0.5
-    return cells
+    cells = cell_features([], grid).reshape(grid, grid, -1)
+    if objects:
+        t = torch.from_numpy(claim_targets(objects, max(MAX_OBJECTS, len(objects))))[None]
+        where, real = claim_cells(t, grid, margin)
+        for o, options, ok in zip(objects, where[0], real[0]):
+            i, j = divmod(int(options[ok][torch.randint(int(ok.sum()), ())]), grid)
+            add_object(cells, o, i, j)
+    return torch.from_numpy(cells.reshape(grid * grid, -1))
 
 
 def oracle_image(model: MolmoLite, example: Example, offset_noise: float = 0.0,
@@ -476,7 +472,7 @@ def cell_mistakes(model: MolmoLite, config: EyesConfig, fit: dict, examples: Seq
         occupied = torch.zeros(grid, grid, dtype=torch.bool)
         for o in ex.meta["objects"]:
             u, v = o.x / 100 * grid, o.y / 100 * grid
-            i, j = min(grid - 1, int(v)), min(grid - 1, int(u))
+            i, j = cell_of(o, grid)
             occupied[i, j] = True
             d = min(u - j, j + 1 - u, v - i, i + 1 - v)
             distance.append(d)
@@ -582,11 +578,10 @@ class HeadEyes(torch.nn.Module):
         k = n_colour + 1
         decided = out[..., :k].argmax(-1)
         occupied = (decided < n_colour).float()[..., None]
-        return torch.cat([F.one_hot(decided.clamp(max=n_colour - 1), n_colour) * occupied,
-                          F.one_hot(out[..., k:k + n_shape].argmax(-1), n_shape) * occupied,
-                          out[..., k + n_shape:k + n_shape + 2].clamp(-1, 1) * occupied,
-                          torch.zeros_like(self.position[..., n_colour + n_shape + 2:]).expand(
-                              *out.shape[:-1], -1)], -1) + self.position
+        content = torch.cat([F.one_hot(decided.clamp(max=n_colour - 1), n_colour),
+                             F.one_hot(out[..., k:k + n_shape].argmax(-1), n_shape),
+                             out[..., k + n_shape:k + n_shape + 2].clamp(-1, 1)], -1) * occupied
+        return F.pad(content, (0, self.position.shape[-1] - content.shape[-1])) + self.position  # rows, columns
 
 
 def align_connector(model: MolmoLite, config: EyesConfig, scenes: int, steps: int, batch: int = 32,
