@@ -382,7 +382,9 @@ def test_download_report_counts_dead_links_wrong_sha_timeouts_and_throttling(ser
     elapsed = time.monotonic() - start
     report = data.report
     assert (report.ok, report.dead, report.sha_mismatch, report.timeout, report.total) == (2, 2, 1, 1, 6)
-    assert elapsed < 5  # Retry-After: 100000 was capped at max_wait (0.2 s), never obeyed
+    # Retry-After: 100000 was capped at max_wait (0.2 s), never obeyed; the bound is far below 100000 s but leaves a
+    # loaded CI machine room (5 s failed once there: 5.6 s, most of it importing the parquet reader)
+    assert elapsed < 60
     reasons = {url.removeprefix(server.url): why for url, why in report.failures.items()}
     assert reasons["dead/scene_0.png"] == "HTTP 404" and reasons["busy/scene_0.png"] == "HTTP 429"
     assert reasons["images/scene_1.png"].startswith("sha256") and "no answer within" in reasons["slow/scene_0.png"]
