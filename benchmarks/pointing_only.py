@@ -36,6 +36,8 @@ FINAL = ROOT / "runs" / "pointing_only" / "final"
 ORACLE_CELLS = {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "eyes": "oracle"}
 CELL1 = {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "lr_vit": 0.0,
          "vision_init": "data_samples/backbones/vit_p7_cell1"}
+# the claim ViT, its own head deciding each cell in the connector (``EyesConfig.cell_decisions``)
+CLAIM = CELL1 | {"vision_init": "data_samples/backbones/vit_p7_claim", "cell_decisions": True}
 
 # name -> (what it changes, relative to the configuration it names; the EyesConfig fields it sets)
 CONFIGS: dict[str, tuple[str, dict]] = {
@@ -183,13 +185,15 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                    "cells' on 2.0%",
                                    CELL1 | {"lr_pool": 0.0, "readout_init": 512, "cell_share": 0.15,
                                             "vision_init": "data_samples/backbones/vit_p7_dense60"}),
-    "e34-claim-head-eyes": ("diagnostic: e19's setup (connector from random reading cell features, 64 tokens) with "
-                            "the cells decided by `vit_p7_claim`'s own head (`HeadEyes`): `vit_p7_cell1` trained 12 "
+    "e34-claim-head-eyes": ("e19's setup (connector from random reading cell features, 64 tokens) with the cells "
+                            "decided by `vit_p7_claim`'s own head, frozen, first in the connector (`cell_decisions`, "
+                            "`CellDecisions`: the one-hots of the colour and shape it names, its offset, the patch's "
+                            "row and column): `vit_p7_cell1` trained 12 "
                             "more minutes to claim each object in exactly one cell, either side of a border when its "
                             "centre lies within 0.15 cells of one (`claim_losses`); held out it claims 97.3% of the "
                             "objects once, misses 1.4%, claims 1.25% twice, where the centre's-cell objective's "
                             "read-outs miss 7-10%",
-                            CELL1 | {"eyes": "head", "vision_init": "data_samples/backbones/vit_p7_claim"}),
+                            CLAIM),
     "e35-oracle-eyes-claims": ("diagnostic: e19 (oracle eyes) with e34's rule of claims and none of its mistakes: "
                                "an object whose centre lies within 0.15 cells of a border is put in a cell picked at "
                                "random on either side, its offset from that cell's middle (`claimed_cells`)",
@@ -200,8 +204,22 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                    ORACLE_CELLS | {"oracle_cell_errors": (0.015, 0.003)}),
     "e37-claim-head-eyes-pool": ("e34 with e27's pool: 2,048 scenes, 4 new per step, each through the frozen eyes "
                                  "once, when drawn (`cache_features`)",
-                                 CELL1 | {"eyes": "head", "vision_init": "data_samples/backbones/vit_p7_claim",
-                                          "scene_pool": 2048, "cache_features": True}),
+                                 CLAIM | {"scene_pool": 2048, "cache_features": True}),
+    "e38-claim-head-pooling": ("e37 inside Molmo's design: the ViT's own features through the real connector, "
+                               "its pooling (a linear map for one patch) starting as `vit_p7_claim`'s cell head, "
+                               "each output standardised on 256 scenes (`head_pooling`), and frozen; the projector "
+                               "from random reads the head's scores where e37's read its one-hot decisions",
+                               CELL1 | {"vision_init": "data_samples/backbones/vit_p7_claim", "head_init": 256,
+                                        "lr_pool": 0.0, "scene_pool": 2048, "cache_features": True}),
+    "e39-claim-head-eyes-anneal": ("e37 with the learning rate annealed to a tenth of its peak by the end (`final_lr` "
+                                   "0.1 where every run so far ended its cosine at 0.55): counting needs every point "
+                                   "of a crowded scene right, and a low final rate sharpens what was learnt",
+                                   CLAIM | {"scene_pool": 2048, "cache_features": True, "final_lr": 0.1}),
+    "e40-claim-two-questions": ("e37 with each scene of a step asked two different questions (`questions_per_scene` "
+                                "2: 8 scenes of the pool a step, each in two rows, pointing at one class and counting "
+                                "it or pointing at another): the batch shows one image answering two questions "
+                                "differently, the binding of words to cells the LLM is slow to learn",
+                                CLAIM | {"scene_pool": 2048, "cache_features": True, "questions_per_scene": 2}),
 }
 DEFAULT = "e9-dense60-frozen-1crop"
 

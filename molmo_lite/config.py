@@ -163,6 +163,13 @@ class ConnectorConfig:
     initial weights (PyTorch's default uniform init) by this. The tiny preset uses both: its raw ViT features and its
     small projector otherwise give the LLM image embeddings 10x smaller than its text embeddings, and the image is
     ignored (docs/recipes.md measures it).
+
+    A third, for the tiny pointing path (chapter 07's world): cell_decisions = (colours, shapes, grid) puts a linear
+    head on the ViT's features before the pad embeddings and pooling, and hands on its decisions instead of the
+    features: for each patch, the one-hots of the colour and shape it names (zeros where it names "empty"), its
+    offset, and the patch's row and column (``connector.CellDecisions``). The head is the one the ViT was
+    pre-trained through (``pointing_only.pretrain_vit_cells``); the pooling then reads colours + shapes + 2 +
+    2 x grid channels. () = off (Molmo).
     """
 
     input_dim: int = 2048
@@ -174,6 +181,7 @@ class ConnectorConfig:
     pad_embed: bool = True
     feature_norm: int = 0
     init_scale: float = 1.0
+    cell_decisions: tuple[int, ...] = ()
 
 
 VISION_PRESETS: dict[str, VisionConfig] = {

@@ -17,6 +17,10 @@ Shapes for one image, with C crops (global image included) of P patches, T image
     features [C, P, input_dim] --pad--> [C, P, input_dim] --flatten, gather--> windows [T, k, input_dim]
         --pool--> [T, pool_dim] --projector--> [T, llm_dim]
 
+One option of the course is not Molmo's: ``CellDecisions`` (``ConnectorConfig.cell_decisions``) puts a frozen linear
+head before step 1 and hands on its decisions (one-hots of what each patch holds) instead of the ViT's features; the
+tiny pointing path of chapter 07 uses it (docs/recipes.md, e34-e38 say why).
+
 ``Connector.load_molmo2_adapter`` copies the weights of transformers' ``Molmo2Adapter``, which does steps 2 and 3
 the same way; the tests check that both give the same features.
 """
@@ -166,7 +170,49 @@ class SwiGLUProjector(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 5. The whole connector.
+# 5. A course option for the tiny pointing path: the ViT's decisions instead of its features.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class CellDecisions(nn.Module):
+    """features [C, grid * grid, input_dim] -> decisions [C, grid * grid, colours + shapes + 2 + 2 * grid].
+
+    A linear head reads each patch's features as scores: colour or "empty" (colours + 1), shape, offset (x, y, in
+    cells from the patch's middle), row and column. The decisions keep the largest colour's and shape's one-hots and
+    the offset (clipped to one cell) where the colour is not "empty", zeros where it is; then the patch's own row and
+    column as one-hots (its place in the raster, not a guess). Not in Molmo (``ConnectorConfig.cell_decisions``):
+    a tiny language model trained for minutes learns to point from such crisp cells several times faster than from
+    the same head's scores (docs/recipes.md, e37 against e38). The argmax passes no gradient: the head is trained
+    with the ViT, before (``pointing_only.pretrain_vit_cells``), and stays frozen.
+    """
+
+    def __init__(self, input_dim: int, colours: int, shapes: int, grid: int):
+        super().__init__()
+        self.colours, self.shapes, self.grid = colours, shapes, grid
+        self.head = nn.Linear(input_dim, colours + 1 + shapes + 2 + 2 * grid)
+        rows = torch.arange(grid).repeat_interleave(grid)
+        position = torch.cat([F.one_hot(rows, grid), F.one_hot(torch.arange(grid).repeat(grid), grid)], 1).float()
+        self.register_buffer("position", position, persistent=False)  # [grid * grid, 2 * grid], raster order
+
+    @property
+    def out_dim(self) -> int:
+        return self.colours + self.shapes + 2 + 2 * self.grid
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.shape[-2] != self.grid**2:
+            raise ValueError(f"cell decisions need {self.grid ** 2} patches per crop, got {features.shape[-2]}")
+        k = self.colours + 1
+        scores = self.head(features)
+        colour = scores[..., :k].argmax(-1)
+        occupied = (colour < self.colours).to(scores.dtype)[..., None]
+        content = torch.cat([F.one_hot(colour.clamp(max=self.colours - 1), self.colours).to(scores.dtype),
+                             F.one_hot(scores[..., k:k + self.shapes].argmax(-1), self.shapes).to(scores.dtype),
+                             scores[..., k + self.shapes:k + self.shapes + 2].clamp(-1, 1)], -1) * occupied
+        return torch.cat([content, self.position.to(scores.dtype).expand(*content.shape[:-1], -1)], -1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. The whole connector.
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -181,8 +227,10 @@ class Connector(nn.Module):
     def __init__(self, config: ConnectorConfig | None = None):
         super().__init__()
         self.config = config = config or ConnectorConfig()
-        self.pad = PadEmbedding(config.input_dim) if config.pad_embed else None
-        self.pool = AttentionPool(config.input_dim, config.pool_dim, config.heads, config.head_dim)
+        self.decide = CellDecisions(config.input_dim, *config.cell_decisions) if config.cell_decisions else None
+        dim = self.decide.out_dim if self.decide is not None else config.input_dim
+        self.pad = PadEmbedding(dim) if config.pad_embed else None
+        self.pool = AttentionPool(dim, config.pool_dim, config.heads, config.head_dim)
         self.projector = SwiGLUProjector(config.pool_dim, config.hidden_dim, config.llm_dim)
         if config.init_scale != 1.0:
             with torch.no_grad():
@@ -213,6 +261,8 @@ class Connector(nn.Module):
                 f"got {tuple(features.shape)}"
             )
         features = self.normalize(features)
+        if self.decide is not None:
+            features = self.decide(features)
         if self.pad is not None and pad_fraction is not None:
             features = self.pad(features, pad_fraction)
         windows, valid = gather_windows(features.reshape(-1, features.shape[-1]), pooled_patches_idx)

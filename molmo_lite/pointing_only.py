@@ -97,9 +97,7 @@ class EyesConfig:
     "readout-position", "readout-clean", "readout-classes" (pooling 1 x 1, readout_init scenes): that connector
     reading the frozen ViT's features through a fixed read-out of the cells (``ReadoutEyes``): linear; with the
     patch's own exact row and column; with the colour, shape and empty decisions made one-hots; with softmax
-    read-outs making them. They tell which part of what the ViT knows the LLM is slow to read. "head" (pooling
-    1 x 1): the cells decided by the head the ViT was pre-trained with (``HeadEyes``, ``CELL_HEAD_FILE`` in
-    vision_init).
+    read-outs making them. They tell which part of what the ViT knows the LLM is slow to read.
     slot_pooling (oracle eyes only): the attention pooling starts as ``slot_pooling`` sets it, each of its four
     heads taking one cell of the window whole, so that its output lists the window's four cells as o17's tokens do.
     pooling_init: a folder holding an attention pooling pre-trained together with the ViT
@@ -111,6 +109,17 @@ class EyesConfig:
     as coordinates, as the oracle's projector does (``readout_pooling``; its seconds count in the minutes).
     align_scenes, align_steps: before training, the whole connector is trained for align_steps steps on this many
     scenes to give what a fresh connector reading the oracle's cells gives (``align_connector``; counted).
+    cell_decisions (pooling 1 x 1, a vision_init saved with its cell head, ``CELL_HEAD_FILE``): the connector puts
+    that head, frozen, before its pooling and hands on its decisions, the one-hots of the colour and shape each patch
+    names (``connector.CellDecisions``, ``ConnectorConfig.cell_decisions``; the feature normalisation off): the
+    oracle's form, from the ViT's own eyes, saved with the model.
+    questions_per_scene: a step's rows are batch_size / questions_per_scene scenes, each asked that many different
+    annotations (point at one class, count it, point at another), so that the batch shows the same image answering
+    different questions differently, where each row otherwise holds its own scene.
+    head_init (pooling 1 x 1, a vision_init saved with its cell head): the pooling starts as that head, the linear
+    map the ViT was pre-trained through (``pretrain_vit_cells``), each of its outputs standardised on this many
+    fresh scenes (``head_pooling``; counted in the minutes): Molmo's connector, unchanged, starting from what the
+    eyes were taught to say. The head reads the ViT's raw features, so the connector's feature normalisation is off.
     """
 
     scene_size: int = 56
@@ -153,6 +162,9 @@ class EyesConfig:
     pooling_init: str | None = None  # a folder with an attention pooling pre-trained with its ViT (POOLING_FILE)
     lr_pool: float | None = None  # the attention pooling's learning rate (None: lr_connector's)
     readout_init: int = 0  # > 0: the pooling starts as a least-squares read-out of the cells fitted on this many scenes
+    head_init: int = 0  # > 0: the pooling starts as the ViT's own cell head, standardised on this many scenes
+    cell_decisions: bool = False  # the connector decides each cell with the ViT's cell head first (CellDecisions)
+    questions_per_scene: int = 1  # a step's batch holds batch_size / this scenes, each asked this many questions
     align_scenes: int = 0  # > 0: the connector starts trained to give the oracle connector's tokens (align_connector)
     align_steps: int = 300
     seed: int = 0
@@ -165,7 +177,10 @@ class EyesConfig:
                       crop_mode=self.crop_mode)
         vision = replace(tiny.vision, image_size=self.crop_size, patch_size=self.patch_size, width=self.vit_width,
                          layers=self.vit_layers, mlp_width=4 * self.vit_width)
-        connector = replace(tiny.connector, input_dim=vision.feature_dim, pool_dim=self.vit_width)
+        grid = self.crop_size // self.patch_size
+        connector = replace(tiny.connector, input_dim=vision.feature_dim, pool_dim=self.vit_width,
+                            feature_norm=0 if self.head_init or self.cell_decisions else tiny.connector.feature_norm,
+                            cell_decisions=(len(COLOURS), len(SHAPES), grid) if self.cell_decisions else ())
         return replace(tiny, preprocessor=pre, vision=vision, connector=connector,
                        question_first=self.question_first)
 
@@ -187,6 +202,14 @@ def annotation_of(example: Example, which: int, rng: np.random.Generator | None 
     if which == CAPTION:
         return format_messages([scene_caption(example)], rng)[0]
     return annotation(example, which, rng)
+
+
+def asked(rng: np.random.Generator, scenes: int, q: int, annotations: Sequence[int]) -> list[int]:
+    """Which annotation each of ``scenes * q`` rows asks, a scene's q rows side by side: one drawn at random per row
+    when q is 1; q different ones per scene otherwise (repeats only when q exceeds the annotations)."""
+    if q == 1:
+        return [int(k) for k in rng.choice(annotations, size=scenes)]
+    return [int(k) for _ in range(scenes) for k in rng.choice(annotations, size=q, replace=q > len(annotations))]
 
 
 def build_batch(model: MolmoLite, examples: Sequence[Example], which: Sequence[int], images: Sequence[ImageInputs],
@@ -509,6 +532,42 @@ def readout_pooling(model: MolmoLite, config: EyesConfig, scenes: int, ridge: fl
     return {k: fit[k] for k in ("scenes", "mse", "colour_acc")}
 
 
+@torch.no_grad()
+def head_pooling(model: MolmoLite, config: EyesConfig, scenes: int) -> dict:
+    """Start a 1 x 1 attention pooling as the ViT's cell head (``CELL_HEAD_FILE`` beside ``config.vision_init``,
+    trained with it by ``pretrain_vit_cells``): wv's first rows become the head's linear map, each output shifted and
+    scaled to zero mean and unit variance over the patches of ``scenes`` fresh scenes (a seed stream of their own),
+    wo the identity, the rest zero. Each image token then enters the projector as the head's scores of its cell
+    (colour or empty, shape, offset, row, column): the connector is Molmo's, its start is what the eyes were taught
+    to say. -> the scenes and the share of objects' cells whose colour the head names (argmax), as a check."""
+    if config.pooling != (1, 1) or not config.vision_init:
+        raise ValueError("head_pooling reads one patch per token through a pre-trained ViT's head: pooling (1, 1)")
+    if model.connector.config.feature_norm:
+        raise ValueError("the cell head reads the ViT's raw features: the connector's feature_norm must be 0")
+    weights = load_file(str(Path(config.vision_init) / CELL_HEAD_FILE))
+    w, b = weights["weight"], weights["bias"]
+    pool, n = model.connector.pool, weights["weight"].shape[0]
+    if pool.wv.weight.shape[0] < n or pool.wo.weight.shape[0] != pool.wo.weight.shape[1]:
+        raise ValueError("head_pooling needs as many value channels as the head has outputs and a square wo")
+    grid = config.crop_size // config.patch_size
+    rng = np.random.default_rng(split_seed(config.seed + 2, "train"))
+    examples = [pointing_example(rng, size=config.scene_size, max_count=config.max_count,
+                                 max_distractors=config.max_distractors) for _ in range(scenes)]
+    crops = torch.cat([model.processor(ex.image).crops[:1] for ex in examples])  # the overview: the whole scene
+    z = model.vision.features(crops).reshape(-1, w.shape[1]) @ w.T + b
+    mean, std = z.mean(0), z.std(0).clamp(min=1e-3)
+    for layer in (pool.wv, pool.wo):
+        layer.weight.zero_()
+        layer.bias.zero_()
+    pool.wv.weight[:n] = w / std[:, None]
+    pool.wv.bias[:n] = (b - mean) / std
+    pool.wo.weight.copy_(torch.eye(pool.wo.weight.shape[0]))
+    y = torch.from_numpy(np.concatenate([cell_features(ex.meta["objects"], grid) for ex in examples]))
+    occupied = y[:, :len(COLOURS)].sum(1) > 0
+    named = z[occupied, :len(COLOURS)].argmax(1) == y[occupied, :len(COLOURS)].argmax(1)
+    return {"scenes": scenes, "colour_acc": round(float(named.float().mean()), 4)}
+
+
 def cell_connector(model: MolmoLite, grid: int) -> Connector:
     """A fresh connector of the model's design reading ``oracle.cell_features`` of a grid x grid scene (their
     feature_size channels, no normalisation meant for a ViT): the oracle eyes' and the read-out eyes' connector."""
@@ -556,32 +615,6 @@ class ReadoutEyes(torch.nn.Module):
                               read[..., n_colour + n_shape:n_colour + n_shape + 2] * occupied,
                               read[..., n_colour + n_shape + 2:]], -1)
         return read * self.content + self.position if self.exact_position else read
-
-
-class HeadEyes(torch.nn.Module):
-    """The diagnostic whose eyes decide with the cell objective's own head (``EyesConfig.eyes == "head"``): the
-    frozen ViT's features of each patch through the head it was pre-trained with (``pretrain_vit_cells``, saved as
-    ``CELL_HEAD_FILE``) -> features in the oracle's form (``oracle.cell_features``): where the head's colour-or-empty
-    says a colour, that colour's and its shape's one-hots and its offset (the offset from the patch's middle, as the
-    claiming cell's with ``pretrain_vit_cells(margin=)``), elsewhere zeros; the row and column those of the patch."""
-
-    def __init__(self, vision: torch.nn.Module, head: torch.nn.Linear, grid: int):
-        super().__init__()
-        self.vision, self.head = vision, head.requires_grad_(False)
-        self.positional_embedding = vision.positional_embedding
-        self.register_buffer("position", torch.from_numpy(cell_features([], grid)), persistent=False)
-
-    @torch.no_grad()
-    def features(self, crops: torch.Tensor) -> torch.Tensor:
-        n_colour, n_shape = len(COLOURS), len(SHAPES)
-        out = self.head(self.vision.features(crops))
-        k = n_colour + 1
-        decided = out[..., :k].argmax(-1)
-        occupied = (decided < n_colour).float()[..., None]
-        content = torch.cat([F.one_hot(decided.clamp(max=n_colour - 1), n_colour),
-                             F.one_hot(out[..., k:k + n_shape].argmax(-1), n_shape),
-                             out[..., k + n_shape:k + n_shape + 2].clamp(-1, 1)], -1) * occupied
-        return F.pad(content, (0, self.position.shape[-1] - content.shape[-1])) + self.position  # rows, columns
 
 
 def align_connector(model: MolmoLite, config: EyesConfig, scenes: int, steps: int, batch: int = 32,
@@ -653,7 +686,7 @@ def align_connector(model: MolmoLite, config: EyesConfig, scenes: int, steps: in
             round(heldout_mse, 4), "nearest_kind_acc": round(kind_acc, 4)}
 
 
-EYES = ("vit", "oracle", "readout", "readout-position", "readout-clean", "readout-classes", "head")
+EYES = ("vit", "oracle", "readout", "readout-position", "readout-clean", "readout-classes")
 
 
 def use_readout_eyes(model: MolmoLite, config: EyesConfig) -> dict:
@@ -681,15 +714,10 @@ def build_model(config: EyesConfig) -> MolmoLite:
     model = MolmoLite.from_parts(config.molmo_config(), vision=vision)
     if config.pooling_init:
         model.connector.pool.load_state_dict(load_file(str(Path(config.pooling_init) / POOLING_FILE)))
-    if config.eyes == "head":  # the cell objective's head, saved beside its ViT, decides each cell
-        if config.pooling != (1, 1) or not config.vision_init:
-            raise ValueError("eyes='head' reads one patch per token through a pre-trained ViT's cell head")
-        grid = config.crop_size // config.patch_size
-        weights = load_file(str(Path(config.vision_init) / CELL_HEAD_FILE))
-        head = torch.nn.Linear(weights["weight"].shape[1], weights["weight"].shape[0])
-        head.load_state_dict(weights)
-        model.vision = HeadEyes(model.vision, head, grid)
-        model.connector = cell_connector(model, grid)
+    if config.cell_decisions:  # the cell objective's head, saved beside its ViT, decides each cell
+        if config.pooling != (1, 1) or not config.vision_init or config.eyes != "vit":
+            raise ValueError("cell_decisions read one patch per token through a pre-trained ViT's cell head")
+        model.connector.decide.head.load_state_dict(load_file(str(Path(config.vision_init) / CELL_HEAD_FILE)))
     if config.eyes == "oracle":
         model.vision = OracleEyes()
         grid = config.crop_size // config.patch_size
@@ -716,7 +744,8 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
     model = build_model(config)
     fitting = time.perf_counter()
     readout = (use_readout_eyes(model, config) if config.eyes.startswith("readout") else
-               readout_pooling(model, config, config.readout_init) if config.readout_init else None)
+               readout_pooling(model, config, config.readout_init) if config.readout_init else
+               head_pooling(model, config, config.head_init) if config.head_init else None)
     if config.align_scenes:
         readout = (readout or {}) | {"align": align_connector(model, config, config.align_scenes, config.align_steps)}
         if log:
@@ -727,7 +756,8 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
         model.vision = CachedEyes(model.vision)
     readout_minutes = (time.perf_counter() - fitting) / 60
     pool_lr = config.lr_connector if config.lr_pool is None else config.lr_pool
-    optimizers = build_optimizer(model, config, {"vision.": config.lr_vit, "connector.pool.": pool_lr,
+    optimizers = build_optimizer(model, config, {"vision.": config.lr_vit, "connector.decide.": 0.0,
+                                                 "connector.pool.": pool_lr,
                                                  "connector.": config.lr_connector})
     rng = np.random.default_rng(split_seed(config.seed, "train"))
     held = seen(model, config, pointing_examples(heldout, 0, "heldout", config.scene_size, max_count=10))  # ch. 07's
@@ -744,17 +774,22 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
                               max_distractors=config.max_distractors)
         return ex, seen_image(model, config, ex)
 
+    q = config.questions_per_scene
+    if config.batch_size % q:
+        raise ValueError("questions_per_scene must divide batch_size")
+
     def step_fn(progress: float) -> tuple[torch.Tensor, int]:
         if config.scene_pool:
             if not pool:  # drawn inside the first step, so that its minutes count
                 pool.extend(draw() for _ in range(config.scene_pool))
             for k in rng.choice(len(pool), size=config.fresh_scenes, replace=False):
                 pool[k] = draw()
-            scenes = [pool[k] for k in rng.choice(len(pool), size=config.batch_size, replace=False)]
+            scenes = [pool[k] for k in rng.choice(len(pool), size=config.batch_size // q, replace=False)]
         else:
-            scenes = [draw() for _ in range(config.batch_size)]
+            scenes = [draw() for _ in range(config.batch_size // q)]
+        scenes = [scene for scene in scenes for _ in range(q)]  # each scene asked q different questions
         examples = [ex for ex, _ in scenes]
-        which = [int(k) for k in rng.choice(config.annotations, size=len(examples))]
+        which = asked(rng, len(examples) // q, q, config.annotations)
         if config.caption_rate:
             which = [CAPTION if rng.random() < config.caption_rate else k for k in which]
         batch = build_batch(model, examples, which, [image for _, image in scenes], rng)
@@ -1000,7 +1035,7 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
     ``EyesConfig.pooling_init``). share: the cells' targets without hard borders (``oracle.cell_features(share=)``,
     soft targets in ``cell_losses``). margin (one cell per patch, pooling 1 x 1): no border to decide, an object
     within ``margin`` cells of one may be claimed by the cell on either side (``claim_losses``). The ViT is saved to
-    ``out`` (``save_encoder``) and its head beside it (``CELL_HEAD_FILE``, for ``EyesConfig.eyes == "head"``). ->
+    ``out`` (``save_encoder``) and its head beside it (``CELL_HEAD_FILE``, for ``EyesConfig.cell_decisions``). ->
     what it did, with held-out scores per cell."""
     torch.manual_seed(config.seed)
     cfg = config.molmo_config()

@@ -340,11 +340,12 @@ def test_claimed_cells_put_each_object_in_one_cell_that_may_claim_it():
     torch.testing.assert_close(claimed_cells(objects, 8, 1e-6), torch.from_numpy(cell_features(objects, 8)))
 
 
-def test_head_eyes_give_the_oracles_form_where_the_head_decides(tmp_path):
-    """eyes="head" loads the head saved beside the ViT: a head that calls every cell a red triangle 0.2 cells right
-    of its middle gives every token red's and triangle's one-hots, that offset and the patch's own row and column,
-    as ``cell_features`` writes them for a red triangle in every cell; a head that calls every cell empty gives
-    the empty scene's features."""
+def test_cell_decisions_give_the_oracles_form_and_are_saved_with_the_model(tmp_path):
+    """cell_decisions load the head saved beside the ViT into the connector: a head that calls every cell a red
+    triangle 0.2 cells right of its middle gives every patch red's and triangle's one-hots, that offset and the
+    patch's own row and column, as ``cell_features`` writes them for a red triangle in every cell; a head that calls
+    every cell empty gives the empty scene's features. The head is frozen in training, and a saved model reads
+    images as before once loaded."""
     from safetensors.torch import save_file
 
     from molmo_lite.clip_pretrain import save_encoder
@@ -352,7 +353,7 @@ def test_head_eyes_give_the_oracles_form_where_the_head_decides(tmp_path):
     from molmo_lite.oracle import cell_features
     from molmo_lite.pointing_only import CELL_HEAD_FILE
 
-    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0, eyes="head",
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0, cell_decisions=True,
                         vision_init=str(tmp_path / "vit"))
     vit = build_model(EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1))).vision
     save_encoder(vit, tmp_path / "vit", {})
@@ -360,6 +361,7 @@ def test_head_eyes_give_the_oracles_form_where_the_head_decides(tmp_path):
     red, triangle = list(COLOURS).index("red"), SHAPES.index("triangle")
     everywhere = [SceneObject("triangle", "red", (j + 0.7) * 12.5, (i + 0.5) * 12.5, 2)
                   for i in range(8) for j in range(8)]
+    image = pointing_examples(1, 0, "heldout", 56)[0].image
     for says, want in ((red, cell_features(everywhere, 8)), (len(COLOURS), cell_features([], 8))):
         bias = torch.full((cell_head_size(8),), -5.0)
         bias[says], bias[k + triangle] = 5.0, 5.0
@@ -367,10 +369,18 @@ def test_head_eyes_give_the_oracles_form_where_the_head_decides(tmp_path):
         save_file({"weight": torch.zeros(cell_head_size(8), vit.config.width * 2), "bias": bias},
                   str(tmp_path / "vit" / CELL_HEAD_FILE))
         model = build_model(config)
-        image = pointing_examples(1, 0, "heldout", 56)[0].image
-        got = model.vision.features(model.processor(image).crops)
+        with torch.no_grad():
+            got = model.connector.decide(model.vision.features(model.processor(image).crops))
         assert got.shape == (1, 64, want.shape[1])
         torch.testing.assert_close(got[0], torch.from_numpy(want), atol=1e-5, rtol=0)
+    build_optimizer(model, config, {"connector.decide.": 0.0})
+    assert not any(p.requires_grad for p in model.connector.decide.parameters())
+    model.save_pretrained(tmp_path / "model")
+    loaded = MolmoLite.from_pretrained(tmp_path / "model")
+    inputs = model.processor(image)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.image_features(inputs.crops, inputs.pooled_patches_idx),
+                                   model.image_features(inputs.crops, inputs.pooled_patches_idx))
 
 
 def test_cell_pretraining_learns_from_the_pixels_and_saves_a_vit(tmp_path):
@@ -392,6 +402,22 @@ def test_cell_pretraining_learns_from_the_pixels_and_saves_a_vit(tmp_path):
     assert summary["heldout"]["position"] < 0.5 * 2 * np.log(8), summary["heldout"]
     vit = load_encoder(tmp_path / "vit")
     MolmoLite.from_parts(EyesConfig(patch_size=7, max_crops=1).molmo_config(), vision=vit)
+
+
+def test_questions_per_scene_ask_each_scene_different_questions():
+    """asked: with q questions per scene each scene's q rows ask q different annotations (all three for q = 3); with
+    q = 1 each row draws its own, so a row of 4 scenes shows repeats within 200 draws."""
+    from molmo_lite.pointing_only import asked
+
+    rng = np.random.default_rng(0)
+    which = asked(rng, 50, 3, (0, 1, 2))
+    assert len(which) == 150 and all(sorted(which[i:i + 3]) == [0, 1, 2] for i in range(0, 150, 3))
+    pairs = asked(rng, 50, 2, (0, 1, 2))
+    assert all(a != b for a, b in zip(pairs[::2], pairs[1::2]))
+    single = [asked(rng, 4, 1, (0, 1, 2)) for _ in range(200)]
+    assert any(len(set(rows)) < len(rows) for rows in single) and all(len(rows) == 4 for rows in single)
+    with pytest.raises(ValueError, match="divide"):
+        train_eyes(EyesConfig(batch_size=16, questions_per_scene=3), steps=1, heldout=1, log=None)
 
 
 def test_a_scene_pool_draws_its_scenes_once_and_a_few_new_ones_per_step():
@@ -520,6 +546,41 @@ def test_readout_pooling_starts_each_token_as_its_cells_estimated_description():
     assert pooled[..., truth.shape[-1]:].abs().max() < 1e-6
     with pytest.raises(ValueError, match="pooling"):
         readout_pooling(build_model(EyesConfig(patch_size=7)), EyesConfig(patch_size=7), 4)
+
+
+def test_head_pooling_starts_each_token_as_the_vits_own_head_standardised():
+    """head_pooling starts the 1 x 1 pooling as the cell head saved beside the shipped claim ViT: on held-out scenes
+    each of the pooled vector's first channels is an increasing affine function of the head's output (applied here
+    to the ViT's features directly), near zero mean and unit variance, the channels past the head's are 0. The
+    head reads raw features: head_init turns the connector's feature normalisation off, and a connector that
+    normalises is refused."""
+    from safetensors.torch import load_file
+
+    from molmo_lite.pointing_only import CELL_HEAD_FILE, head_pooling
+
+    folder = REPO / "data_samples" / "backbones" / "vit_p7_claim"
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0, vision_init=str(folder),
+                        head_init=64)
+    model = build_model(config)
+    assert model.connector.config.feature_norm == 0
+    head_pooling(model, config, 64)
+    weights = load_file(str(folder / CELL_HEAD_FILE))
+    n = weights["weight"].shape[0]
+    held = pointing_examples(20, 0, "heldout", 56, max_count=10)
+    images = model.prepare_images([ex.image for ex in held])
+    with torch.no_grad():
+        features = torch.cat([model.vision.features(im.crops) for im in images])  # [20, 64, input_dim]
+        pooled = torch.cat([model.connector.pool_features(f[None], im.pooled_patches_idx)
+                            for f, im in zip(features, images)])
+    z = features.reshape(-1, features.shape[-1]) @ weights["weight"].T + weights["bias"]
+    for c in range(n):
+        slope, intercept = np.polyfit(z[:, c].numpy(), pooled[:, c].numpy(), 1)
+        assert slope > 0
+        np.testing.assert_allclose(pooled[:, c].numpy(), slope * z[:, c].numpy() + intercept, atol=1e-3)
+    assert pooled[:, :n].mean(0).abs().max() < 0.3 and ((pooled[:, :n].std(0) - 1).abs() < 0.3).all()
+    assert pooled[:, n:].abs().max() < 1e-6
+    with pytest.raises(ValueError, match="feature_norm"):
+        head_pooling(build_model(replace(config, head_init=0)), config, 4)
 
 
 def test_align_connector_fits_the_oracle_connectors_tokens():
