@@ -220,8 +220,24 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                 "it or pointing at another): the batch shows one image answering two questions "
                                 "differently, the binding of words to cells the LLM is slow to learn",
                                 CLAIM | {"scene_pool": 2048, "cache_features": True, "questions_per_scene": 2}),
+    "e41-claim-eight-views": ("e37 with 2 new scenes per step instead of 4 (`fresh_scenes`): each scene of the pool "
+                              "seen about 8 times instead of 4, each time asked a question drawn anew; e37 against "
+                              "e34 (4 views against 1) is the largest step the real eyes have made",
+                              CLAIM | {"scene_pool": 2048, "cache_features": True, "fresh_scenes": 2}),
+    "e42-claim-captions": ("e37 with a fifth of the rows a dense caption (`caption_rate` 0.2: every object's colour, "
+                           "shape and position in the image tokens' raster order, Molmo's stage 1 in the oracle's "
+                           "words): reading each cell's coordinates out in order is the easy half of pointing, and "
+                           "may end the plateau sooner",
+                           CLAIM | {"scene_pool": 2048, "cache_features": True, "caption_rate": 0.2}),
+    "e43-claim-linear-projector": ("e37 with Molmo's SwiGLU projector starting as a linear map of the pooled vector "
+                                   "(`linear_projector`: a constant gate silu(0.35), so the image embeddings' mean "
+                                   "norm starts about o16's, 0.9): from random, SwiGLU multiplies two linear maps of "
+                                   "a cell's one-hots (colour x row x column products), where o16's "
+                                   "Linear-GELU-Linear, which learns the task in 1,500 steps, starts near a sum of "
+                                   "one vector each",
+                                   CLAIM | {"scene_pool": 2048, "cache_features": True, "linear_projector": 0.35}),
 }
-DEFAULT = "e9-dense60-frozen-1crop"
+DEFAULT = "e43-claim-linear-projector"  # the real path nearest the target (docs/recipes.md)
 
 # vision_init folders the harness builds when missing: folder -> molmo_lite.pointing_only's command-line arguments
 # (an --init folder is built first when it is missing too)

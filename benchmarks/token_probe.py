@@ -1,6 +1,7 @@
 """What do the tiny Molmo's image tokens know about a crowded scene? A linear probe (docs/recipes.md).
 
-    python -m benchmarks.token_probe [--model DIR] [--train 2000] [--test 500] [--grid 8 16]
+    python -m benchmarks.token_probe [--model DIR] [--train 2000] [--test 500] [--grid 8 16] [--name KEY]
+                                     [--no-baseline]
 
 For held-out pointing scenes (chapter 07's distribution: 0-10 objects of the class asked about among 0-6 others),
 the probe asks, for every colour and every cell of a ``grid`` x ``grid`` partition of the image, "is there an object
@@ -10,6 +11,7 @@ of this colour centred in this cell?" (an 8 x 8 grid has cells of 12.5 units on 
 - the pixels (the upper bound: everything is there);
 - each block of the ViT, every patch of every crop (which layers keep the positions: chapter 02's choice);
 - the ViT's features, the two layers the connector receives, concatenated;
+- with a connector that decides each cell first (``ConnectorConfig.cell_decisions``), those decisions;
 - the connector's output, the 8 image embeddings the LLM reads.
 
 The score is the mean ROC AUC over the (colour, cell) questions (1: a perfect read-out). The control is the
@@ -74,6 +76,10 @@ def features(model, examples, batch: int = 64) -> dict[str, np.ndarray]:
             out.setdefault(f"vit block {i}", []).extend(v[:, 1:].reshape(-1).float().numpy()
                                                         for v in torch.split(h, crops))
         out.setdefault("vit features", []).extend(v.reshape(-1).float().numpy() for v in torch.split(vit, crops))
+        if getattr(model.connector, "decide", None) is not None:  # the connector's cell decisions (CellDecisions)
+            decided = model.connector.decide(vit)
+            out.setdefault("cell decisions", []).extend(v.reshape(-1).float().numpy()
+                                                        for v in torch.split(decided, crops))
         out.setdefault("connector tokens", []).extend(t.reshape(-1).float().numpy() for t in torch.split(tokens, n_tok))
     return {k: np.stack(v) for k, v in out.items()}
 
@@ -151,13 +157,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=56, help="scene side in pixels (objects keep their relative size)")
     parser.add_argument("--pooling", type=int, nargs=2, default=None, help="the connector's pooling window (tiny: 2 2)")
     parser.add_argument("--overlap", type=int, nargs=2, default=None, help="crop overlap margins (tiny: 1 1)")
+    parser.add_argument("--name", default=None, help="the record's key (default: from the geometry)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="probe only the --model folders, not the pretrained parts with a fresh connector")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     train, test = scenes(args.train, "train", args.size), scenes(args.test, "heldout", args.size)
     geometry = {k: tuple(v) for k, v in (("pooling", args.pooling), ("overlap_margins", args.overlap)) if v}
     results = {"grids": args.grid, "train": args.train, "test": args.test, "size": args.size,
                "preprocessor": geometry, "models": {}}
-    models = {"pretrained parts, fresh connector": lambda: tiny_model(preprocessor=geometry or None)}
+    models = {} if args.no_baseline else {"pretrained parts, fresh connector":
+                                          lambda: tiny_model(preprocessor=geometry or None)}
     models.update({shown_path(m): (lambda m=m: MolmoLite.from_pretrained(m)) for m in args.model})
     for name, make in models.items():
         t = time.perf_counter()
@@ -166,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         for grid, scores in results["models"][name].items():
             print(f"{name}, {grid}x{grid} cells:", {k: round(v["auc"], 3) for k, v in scores.items()}, flush=True)
         print(f"({time.perf_counter() - t:.0f} s)", flush=True)
-    name = "default" if not geometry and args.size == 56 else "-".join(
-        [f"{args.size}px"] + [f"{k}{'x'.join(map(str, v))}" for k, v in geometry.items()])
+    name = args.name or ("default" if not geometry and args.size == 56 else "-".join(
+        [f"{args.size}px"] + [f"{k}{'x'.join(map(str, v))}" for k, v in geometry.items()]))
     everything = json.loads(OUT.read_text()) if OUT.exists() else {}
     everything[name] = results  # one record per geometry
     OUT.parent.mkdir(parents=True, exist_ok=True)

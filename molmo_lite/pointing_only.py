@@ -113,6 +113,8 @@ class EyesConfig:
     that head, frozen, before its pooling and hands on its decisions, the one-hots of the colour and shape each patch
     names (``connector.CellDecisions``, ``ConnectorConfig.cell_decisions``; the feature normalisation off): the
     oracle's form, from the ViT's own eyes, saved with the model.
+    linear_projector: when > 0, the connector's SwiGLU projector starts as a linear map of the pooled vector, its
+    gate the constant silu(linear_projector) (``linear_projector``), as o16's Linear-GELU-Linear starts near linear.
     questions_per_scene: a step's rows are batch_size / questions_per_scene scenes, each asked that many different
     annotations (point at one class, count it, point at another), so that the batch shows the same image answering
     different questions differently, where each row otherwise holds its own scene.
@@ -165,6 +167,7 @@ class EyesConfig:
     head_init: int = 0  # > 0: the pooling starts as the ViT's own cell head, standardised on this many scenes
     cell_decisions: bool = False  # the connector decides each cell with the ViT's cell head first (CellDecisions)
     questions_per_scene: int = 1  # a step's batch holds batch_size / this scenes, each asked this many questions
+    linear_projector: float = 0.0  # > 0: the SwiGLU projector starts linear, its gate silu(this) (linear_projector)
     align_scenes: int = 0  # > 0: the connector starts trained to give the oracle connector's tokens (align_connector)
     align_steps: int = 300
     seed: int = 0
@@ -568,6 +571,28 @@ def head_pooling(model: MolmoLite, config: EyesConfig, scenes: int) -> dict:
     return {"scenes": scenes, "colour_acc": round(float(named.float().mean()), 4)}
 
 
+@torch.no_grad()
+def linear_projector(connector: Connector, gate: float = 0.5) -> None:
+    """Start Molmo's SwiGLU projector, w2(silu(w1 p) * w3 p), as a linear map of the pooled vector p: the pooling's
+    last value channel becomes a constant 1 (its bias) that wo passes to the last pooled channel alone, and the gate
+    w1 reads only that channel, so silu(w1 p) = silu(gate) for every token and the projector starts as
+    w2(silu(gate) * w3 p); training frees the gate from there. From its random start SwiGLU multiplies two linear
+    maps of each cell's one-hots, so a cell's embedding mixes products of colour, shape, row and column, where a
+    linear map gives the sum of one vector for each (the code o16's Linear-GELU-Linear starts near). Works for any
+    pooling window: the attention weights of a window sum to 1, so the constant stays 1."""
+    pool, proj = connector.pool, connector.projector
+    c, j = pool.wv.weight.shape[0] - 1, pool.wo.weight.shape[0] - 1
+    pool.wv.weight[c] = 0.0
+    pool.wv.bias[c] = 1.0
+    pool.wo.weight[:, c] = 0.0
+    pool.wo.weight[j] = 0.0
+    pool.wo.weight[j, c] = 1.0
+    pool.wo.bias[j] = 0.0
+    proj.w1.weight.zero_()
+    proj.w1.weight[:, j] = gate
+    proj.w3.weight[:, j] = 0.0
+
+
 def cell_connector(model: MolmoLite, grid: int) -> Connector:
     """A fresh connector of the model's design reading ``oracle.cell_features`` of a grid x grid scene (their
     feature_size channels, no normalisation meant for a ViT): the oracle eyes' and the read-out eyes' connector."""
@@ -726,6 +751,8 @@ def build_model(config: EyesConfig) -> MolmoLite:
             slot_pooling(model.connector.pool, grid)
     elif config.slot_pooling:
         raise ValueError("slot_pooling reads the oracle's cell features: it needs eyes='oracle'")
+    if config.linear_projector:
+        linear_projector(model.connector, config.linear_projector)
     if config.uniform_pooling:
         torch.nn.init.zeros_(model.connector.pool.wq.weight)
         torch.nn.init.zeros_(model.connector.pool.wq.bias)

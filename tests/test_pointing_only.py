@@ -428,6 +428,41 @@ def test_a_scene_pool_draws_its_scenes_once_and_a_few_new_ones_per_step():
     assert train_eyes(replace(config, scene_pool=0), steps=3, heldout=1, evals=0, log=None)["scenes_drawn"] == 12
 
 
+def test_linear_projector_starts_the_swiglu_as_a_linear_map():
+    """linear_projector: the pooled vector's last channel is a constant 1 (with 1 x 1 and 2 x 2 pooling) and the
+    projector is linear in the pooled vectors, g(p + q - r) = g(p) + g(q) - g(r), where the default start is not;
+    with one patch per token the whole connector is then linear in its input. Training can free the gate (w1 has
+    gradients)."""
+    from molmo_lite.pointing_only import linear_projector
+
+    for pooling in ((1, 1), (2, 2)):
+        config = EyesConfig(patch_size=7, crop_mode="resize", pooling=pooling, eyes="oracle")
+        torch.manual_seed(0)
+        connector = build_model(config).connector
+        k = pooling[0] * pooling[1]
+        x = torch.rand(3, 3, k, connector.config.input_dim)
+        valid = torch.ones(3, k, dtype=torch.bool)
+        g = connector.projector
+
+        def curvature():
+            p, q, r = (connector.pool(x[i], valid) for i in range(3))
+            return (g(p + q - r) - g(p) - g(q) + g(r)).abs().max().item()
+
+        assert curvature() > 1e-3
+        linear_projector(connector, 0.35)
+        assert curvature() < 1e-5
+        torch.testing.assert_close(connector.pool(x[0], valid)[:, -1], torch.ones(3))
+        if k == 1:  # the attention over one patch is linear too
+            a, b = x[0], x[1]
+
+            def f(v):
+                return g(connector.pool(v, valid))
+
+            assert (f(a + b) - f(a) - f(b) + f(torch.zeros_like(a))).abs().max().item() < 1e-5
+        g(connector.pool(x[0], valid)).sum().backward()
+        assert g.w1.weight.grad.abs().sum() > 0
+
+
 def test_uniform_pooling_starts_as_the_windows_mean():
     """With a pre-trained ViT the default attention pooling starts peaked (largest weight well above 1/4);
     uniform_pooling starts every window at weights 1/4, its output the pooled mean of the values."""
