@@ -38,6 +38,7 @@ CELL1 = {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "lr_vit": 0.
          "vision_init": "data_samples/backbones/vit_p7_cell1"}
 # the claim ViT, its own head deciding each cell in the connector (``EyesConfig.cell_decisions``)
 CLAIM = CELL1 | {"vision_init": "data_samples/backbones/vit_p7_claim", "cell_decisions": True}
+CLAIM_POOL = CLAIM | {"scene_pool": 2048, "cache_features": True}  # e37: a pool of scenes, the frozen eyes run once each
 
 # name -> (what it changes, relative to the configuration it names; the EyesConfig fields it sets)
 CONFIGS: dict[str, tuple[str, dict]] = {
@@ -204,7 +205,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                    ORACLE_CELLS | {"oracle_cell_errors": (0.015, 0.003)}),
     "e37-claim-head-eyes-pool": ("e34 with e27's pool: 2,048 scenes, 4 new per step, each through the frozen eyes "
                                  "once, when drawn (`cache_features`)",
-                                 CLAIM | {"scene_pool": 2048, "cache_features": True}),
+                                 CLAIM_POOL),
     "e38-claim-head-pooling": ("e37 inside Molmo's design: the ViT's own features through the real connector, "
                                "its pooling (a linear map for one patch) starting as `vit_p7_claim`'s cell head, "
                                "each output standardised on 256 scenes (`head_pooling`), and frozen; the projector "
@@ -214,28 +215,28 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "e39-claim-head-eyes-anneal": ("e37 with the learning rate annealed to a tenth of its peak by the end (`final_lr` "
                                    "0.1 where every run so far ended its cosine at 0.55): counting needs every point "
                                    "of a crowded scene right, and a low final rate sharpens what was learnt",
-                                   CLAIM | {"scene_pool": 2048, "cache_features": True, "final_lr": 0.1}),
+                                   CLAIM_POOL | {"final_lr": 0.1}),
     "e40-claim-two-questions": ("e37 with each scene of a step asked two different questions (`questions_per_scene` "
                                 "2: 8 scenes of the pool a step, each in two rows, pointing at one class and counting "
                                 "it or pointing at another): the batch shows one image answering two questions "
                                 "differently, the binding of words to cells the LLM is slow to learn",
-                                CLAIM | {"scene_pool": 2048, "cache_features": True, "questions_per_scene": 2}),
+                                CLAIM_POOL | {"questions_per_scene": 2}),
     "e41-claim-eight-views": ("e37 with 2 new scenes per step instead of 4 (`fresh_scenes`): each scene of the pool "
                               "seen about 8 times instead of 4, each time asked a question drawn anew; e37 against "
                               "e34 (4 views against 1) is the largest step the real eyes have made",
-                              CLAIM | {"scene_pool": 2048, "cache_features": True, "fresh_scenes": 2}),
+                              CLAIM_POOL | {"fresh_scenes": 2}),
     "e42-claim-captions": ("e37 with a fifth of the rows a dense caption (`caption_rate` 0.2: every object's colour, "
                            "shape and position in the image tokens' raster order, Molmo's stage 1 in the oracle's "
                            "words): reading each cell's coordinates out in order is the easy half of pointing, and "
                            "may end the plateau sooner",
-                           CLAIM | {"scene_pool": 2048, "cache_features": True, "caption_rate": 0.2}),
+                           CLAIM_POOL | {"caption_rate": 0.2}),
     "e43-claim-linear-projector": ("e37 with Molmo's SwiGLU projector starting as a linear map of the pooled vector "
                                    "(`linear_projector`: a constant gate silu(0.35), so the image embeddings' mean "
                                    "norm starts about o16's, 0.9): from random, SwiGLU multiplies two linear maps of "
                                    "a cell's one-hots (colour x row x column products), where o16's "
                                    "Linear-GELU-Linear, which learns the task in 1,500 steps, starts near a sum of "
                                    "one vector each",
-                                   CLAIM | {"scene_pool": 2048, "cache_features": True, "linear_projector": 0.35}),
+                                   CLAIM_POOL | {"linear_projector": 0.35}),
 }
 DEFAULT = "e43-claim-linear-projector"  # the real path nearest the target (docs/recipes.md)
 

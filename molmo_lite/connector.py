@@ -181,8 +181,8 @@ class CellDecisions(nn.Module):
     cells from the patch's middle), row and column. The decisions keep the largest colour's and shape's one-hots and
     the offset (clipped to one cell) where the colour is not "empty", zeros where it is; then the patch's own row and
     column as one-hots (its place in the raster, not a guess). Not in Molmo (``ConnectorConfig.cell_decisions``):
-    a tiny language model trained for minutes learns to point from such crisp cells several times faster than from
-    the same head's scores (docs/recipes.md, e37 against e38). The argmax passes no gradient: the head is trained
+    a tiny language model given 10 minutes points at F1 0.77-0.91 from such crisp cells and at 0.47 from the same
+    head's scores (docs/recipes.md, e37 against e38). The argmax passes no gradient: the head is trained
     with the ViT, before (``pointing_only.pretrain_vit_cells``), and stays frozen.
     """
 
