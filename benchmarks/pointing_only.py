@@ -237,6 +237,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                    "Linear-GELU-Linear, which learns the task in 1,500 steps, starts near a sum of "
                                    "one vector each",
                                    CLAIM_POOL | {"linear_projector": 0.35}),
+    "e44-oracle-eyes-linear-projector": ("diagnostic: e19 (perfect cells through Molmo's connector) with e43's "
+                                         "linear start of the projector: how much of o16's lead (0.96 / 0.94 "
+                                         "against e19's 0.90 / 0.74 the same hour) the start closes",
+                                         ORACLE_CELLS | {"linear_projector": 0.35}),
 }
 DEFAULT = "e43-claim-linear-projector"  # the real path nearest the target (docs/recipes.md)
 
