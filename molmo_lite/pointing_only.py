@@ -439,6 +439,15 @@ def softmax_readout(x: torch.Tensor, labels: torch.Tensor, classes: int) -> torc
     return head.requires_grad_(False)
 
 
+def fitting_scenes(model: MolmoLite, config: EyesConfig, scenes: int) -> tuple[list[Example], torch.Tensor]:
+    """``scenes`` fresh scenes for fitting a read-out of the cells (a seed stream of their own, not training's) and
+    their overview crops [scenes, 3, S, S], each the whole scene as the connector sees it."""
+    rng = np.random.default_rng(split_seed(config.seed + 2, "train"))
+    examples = [pointing_example(rng, size=config.scene_size, max_count=config.max_count,
+                                 max_distractors=config.max_distractors) for _ in range(scenes)]
+    return examples, torch.cat([model.processor(ex.image).crops[:1] for ex in examples])
+
+
 @torch.no_grad()
 def fit_readout(model: MolmoLite, config: EyesConfig, scenes: int, ridge: float = 1e-3,
                 classes: bool = False) -> dict:
@@ -449,10 +458,7 @@ def fit_readout(model: MolmoLite, config: EyesConfig, scenes: int, ridge: float 
     classes: also fit (L-BFGS, cross-entropy) softmax read-outs of colour-or-empty and of shape (on occupied cells)
     under "heads", with their fit: cells decided right, empty cells read occupied, occupied cells read empty."""
     grid = config.crop_size // config.patch_size
-    rng = np.random.default_rng(split_seed(config.seed + 2, "train"))
-    examples = [pointing_example(rng, size=config.scene_size, max_count=config.max_count,
-                                 max_distractors=config.max_distractors) for _ in range(scenes)]
-    crops = torch.cat([model.processor(ex.image).crops[:1] for ex in examples])  # the overview: the whole scene
+    examples, crops = fitting_scenes(model, config, scenes)
     x = model.connector.normalize(model.vision.features(crops)).reshape(-1, model.connector.config.input_dim)
     y = torch.from_numpy(np.concatenate([cell_features(ex.meta["objects"], grid, config.cell_share)
                                          for ex in examples]))
@@ -526,13 +532,21 @@ def readout_pooling(model: MolmoLite, config: EyesConfig, scenes: int, ridge: fl
     if pool.wv.weight.shape[0] < n or pool.wo.weight.shape[0] != pool.wo.weight.shape[1]:
         raise ValueError("readout_pooling needs at least feature_size value channels and a square wo")
     fit = fit_readout(model, config, scenes, ridge)
+    pooling_as_map(pool, fit["weight"].T, fit["bias"])
+    return {k: fit[k] for k in ("scenes", "mse", "colour_acc")}
+
+
+@torch.no_grad()
+def pooling_as_map(pool: torch.nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """A 1 x 1 attention pooling (wo(wv x) for one patch) set to the affine map weight x + bias [n outputs] on its
+    first n channels: wv's first n rows that map, wo the identity, everything else zero."""
+    n = weight.shape[0]
     for layer in (pool.wv, pool.wo):
         layer.weight.zero_()
         layer.bias.zero_()
-    pool.wv.weight[:n] = fit["weight"].T
-    pool.wv.bias[:n] = fit["bias"]
+    pool.wv.weight[:n] = weight
+    pool.wv.bias[:n] = bias
     pool.wo.weight.copy_(torch.eye(pool.wo.weight.shape[0]))
-    return {k: fit[k] for k in ("scenes", "mse", "colour_acc")}
 
 
 @torch.no_grad()
@@ -549,22 +563,14 @@ def head_pooling(model: MolmoLite, config: EyesConfig, scenes: int) -> dict:
         raise ValueError("the cell head reads the ViT's raw features: the connector's feature_norm must be 0")
     weights = load_file(str(Path(config.vision_init) / CELL_HEAD_FILE))
     w, b = weights["weight"], weights["bias"]
-    pool, n = model.connector.pool, weights["weight"].shape[0]
+    pool, n = model.connector.pool, w.shape[0]
     if pool.wv.weight.shape[0] < n or pool.wo.weight.shape[0] != pool.wo.weight.shape[1]:
         raise ValueError("head_pooling needs as many value channels as the head has outputs and a square wo")
     grid = config.crop_size // config.patch_size
-    rng = np.random.default_rng(split_seed(config.seed + 2, "train"))
-    examples = [pointing_example(rng, size=config.scene_size, max_count=config.max_count,
-                                 max_distractors=config.max_distractors) for _ in range(scenes)]
-    crops = torch.cat([model.processor(ex.image).crops[:1] for ex in examples])  # the overview: the whole scene
+    examples, crops = fitting_scenes(model, config, scenes)
     z = model.vision.features(crops).reshape(-1, w.shape[1]) @ w.T + b
     mean, std = z.mean(0), z.std(0).clamp(min=1e-3)
-    for layer in (pool.wv, pool.wo):
-        layer.weight.zero_()
-        layer.bias.zero_()
-    pool.wv.weight[:n] = w / std[:, None]
-    pool.wv.bias[:n] = (b - mean) / std
-    pool.wo.weight.copy_(torch.eye(pool.wo.weight.shape[0]))
+    pooling_as_map(pool, w / std[:, None], (b - mean) / std)
     y = torch.from_numpy(np.concatenate([cell_features(ex.meta["objects"], grid) for ex in examples]))
     occupied = y[:, :len(COLOURS)].sum(1) > 0
     named = z[occupied, :len(COLOURS)].argmax(1) == y[occupied, :len(COLOURS)].argmax(1)
