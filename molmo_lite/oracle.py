@@ -98,6 +98,24 @@ def add_object(f: np.ndarray, o: SceneObject, i: int, j: int, weight: float = 1.
     f[i, j, n_colour + n_shape + 1] += weight * (o.y / 100 * grid - i - 0.5)
 
 
+def cell_objects(cells: np.ndarray | torch.Tensor, grid: int) -> list[SceneObject]:
+    """The inverse of ``cell_features`` for hard cells: [grid * grid, feature_size(grid)] -> one object per cell
+    whose colour one-hot is set (its largest colour and shape, its centre from the cell's middle and offset, in
+    Molmo's 0-100 units, clipped to the image; radius 0: the cells do not say it), in raster order. It reads what
+    ``connector.CellDecisions`` hands on too: what a perfect reader of those cells would point at."""
+    cells = np.asarray(cells, dtype=np.float32).reshape(grid * grid, -1)
+    n_colour, n_shape = len(COLOURS), len(SHAPES)
+    objects = []
+    for k in np.flatnonzero(cells[:, :n_colour].max(1) > 0.5):
+        i, j = divmod(int(k), grid)
+        dx, dy = cells[k, n_colour + n_shape:n_colour + n_shape + 2]
+        objects.append(SceneObject(SHAPES[int(cells[k, n_colour:n_colour + n_shape].argmax())],
+                                   list(COLOURS)[int(cells[k, :n_colour].argmax())],
+                                   float(np.clip((j + 0.5 + dx) / grid * 100, 0, 100)),
+                                   float(np.clip((i + 0.5 + dy) / grid * 100, 0, 100)), 0.0))
+    return objects
+
+
 def cell_features(objects: Sequence[SceneObject], grid: int = 8, share: float = 0.0) -> np.ndarray:
     """Perfect image features -> float32 [grid * grid, feature_size(grid)], cells in raster order (row by row, as
     Molmo's patches). A cell holding an object's centre has that colour's and shape's one-hots set and the centre's

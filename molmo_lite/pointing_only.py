@@ -39,6 +39,7 @@ from .data.synthetic import (
     COLOURS,
     SHAPES,
     SHIFT_BACKGROUNDS,
+    Query,
     SceneObject,
     pointing_example,
     pointing_examples,
@@ -53,6 +54,7 @@ from .oracle import (
     backward_in_chunks,
     build_optimizer,
     cell_features,
+    cell_objects,
     cell_of,
     feature_size,
     loss_of,
@@ -61,6 +63,7 @@ from .oracle import (
     timed_training,
     window_features,
 )
+from .pointing import count_to_text, points_to_text
 from .preprocessing import ImageInputs, MolmoImageProcessor, batch_images
 from .prompts import IGNORE_INDEX, Message, format_messages, generation_prompt_ids
 
@@ -292,6 +295,54 @@ def evaluate_shift(model: MolmoLite, examples: Sequence[Example]) -> dict:
         out["by_background"][background] = {"n": len(idx), "pointing_f1": part["pointing_f1"],
                                             "counting_exact": part["counting_exact"]}
     return out
+
+
+@torch.no_grad()
+def decided(model: MolmoLite, example: Example) -> list[SceneObject]:
+    """The objects the connector's cell decisions (``connector.CellDecisions``) hand the LLM for this scene's
+    overview (``oracle.cell_objects``: colour, shape and centre of each claimed cell)."""
+    decide = model.connector.decide
+    if decide is None:
+        raise ValueError("decided reads the connector's cell decisions: a model with cell_decisions")
+    vision = model.vision.eyes if isinstance(model.vision, CachedEyes) else model.vision
+    crops = model.processor(example.image).crops[:1]
+    return cell_objects(decide(vision.features(crops))[0], decide.grid)
+
+
+def reader_ceiling(model: MolmoLite, examples: Sequence[Example], near: float = 0.75) -> dict:
+    """What a perfect reader of the cell decisions would score: pointing at every decided object of the class asked
+    and counting them (``score_answers`` of those answers, Molmo's format), so the eyes' share of a miss is known
+    before any LLM is trained. Per object of the scenes: "missed" (no decided object within ``near`` cells of its
+    centre), "twice" (more than one), "wrong_shape" / "wrong_colour" (the nearest one's), and "phantoms" (decided
+    objects near none) per scene."""
+    grid = model.connector.decide.grid
+    pointed, counted = [], []
+    errors = {"objects": 0, "missed": 0, "twice": 0, "wrong_shape": 0, "wrong_colour": 0, "phantoms": 0}
+    radius2 = (near * 100 / grid) ** 2
+    for ex in examples:
+        seen_objects, query, used = decided(model, ex), Query.from_label(ex.meta["label"]), set()
+        points = [(o.x, o.y) for o in seen_objects if query.matches(o)]
+        pointed.append(points_to_text(points, ex.meta["label"]))
+        counted.append(count_to_text(points, ex.meta["label"]))
+        for o in ex.meta["objects"]:
+            close = [k for k, d in enumerate(seen_objects) if (d.x - o.x) ** 2 + (d.y - o.y) ** 2 < radius2]
+            errors["objects"] += 1
+            if not close:
+                errors["missed"] += 1
+                continue
+            errors["twice"] += len(close) > 1
+            nearest = seen_objects[min(close, key=lambda k: (seen_objects[k].x - o.x) ** 2 +
+                                       (seen_objects[k].y - o.y) ** 2)]
+            errors["wrong_shape"] += nearest.shape != o.shape
+            errors["wrong_colour"] += nearest.colour != o.colour
+            used.update(close)
+        errors["phantoms"] += len(seen_objects) - len(used)
+    report = score_answers(examples, pointed, counted)
+    per_object = {k: round(v / max(1, errors["objects"]), 4) for k, v in errors.items() if k not in ("objects",
+                                                                                                        "phantoms")}
+    return {"pointing_f1": report["pointing_f1"], "counting_exact": report["counting_exact"],
+            "by_count": report["by_count"], "objects": errors["objects"], "per_object": per_object,
+            "phantoms_per_scene": round(errors["phantoms"] / max(1, len(examples)), 4)}
 
 
 class OracleEyes(torch.nn.Module):
@@ -839,6 +890,8 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
     shuffled = evaluate_eyes(model, during, shuffled=True)
     shifted = evaluate_shift(model, seen(model, config, shifted_pointing_examples(len(held), 0)))
     shifted_56 = evaluate_shift(model, seen(model, config, shifted_pointing_examples(len(held), 0, size=56)))
+    if config.cell_decisions:  # how much of a miss is the eyes': a perfect reader of the same decisions
+        trained["reader_ceiling"] = reader_ceiling(model, held)
     return {"config": asdict(config)} | trained | {
         "wall_minutes": round((time.perf_counter() - start) / 60, 2), "scenes_drawn": drawn[0], "heldout": len(held),
         "final": final,
@@ -1052,7 +1105,8 @@ def claim_losses(pred: torch.Tensor, objects: torch.Tensor, grid: int, margin: f
 def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = EyesConfig(patch_size=7, max_crops=1),
                        batch_size: int = 64, lr: float = 1e-3, noise: float = 0.0, init: str | Path | None = None,
                        pool_size: int = 4096, fresh: int = 16, pooling: bool = False, share: float = 0.0,
-                       margin: float = 0.0, log: Callable[[str], None] | None = print) -> dict:
+                       margin: float = 0.0, init_head: bool = False,
+                       log: Callable[[str], None] | None = print) -> dict:
     """Pre-train the tiny ViT to say what is in each of its cells: the mean of its features (the two layers the
     connector reads) over each 2 x 2 window of patches, through a linear head, must give what the oracle knows of
     the window's four cells (``oracle.window_features``): the colour of the object centred there or "empty", its
@@ -1065,11 +1119,13 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
     times). pooling: the head reads the window through Molmo's attention pooling (the connector's feature
     normalisation and ``AttentionPool``, trained with the ViT) instead of the mean, so that the pooled vector itself
     must keep the four cells apart; the pooling is saved beside the ViT (``POOLING_FILE``, for
-    ``EyesConfig.pooling_init``). share: the cells' targets without hard borders (``oracle.cell_features(share=)``,
+    ``EyesConfig.pooling_init``). init_head: the head starts as the one saved beside ``init`` (else from random, as
+    the shipped ViTs' pre-trainings did). share: the cells' targets without hard borders (``oracle.cell_features(share=)``,
     soft targets in ``cell_losses``). margin (one cell per patch, pooling 1 x 1): no border to decide, an object
     within ``margin`` cells of one may be claimed by the cell on either side (``claim_losses``). The ViT is saved to
     ``out`` (``save_encoder``) and its head beside it (``CELL_HEAD_FILE``, for ``EyesConfig.cell_decisions``). ->
-    what it did, with held-out scores per cell."""
+    what it did, with held-out scores per cell (and with a margin, ``reader_ceiling``: pointing and counting by a
+    perfect reader of the head's decisions)."""
     torch.manual_seed(config.seed)
     cfg = config.molmo_config()
     vision = load_encoder(Path(init)) if init else MolmoLite.from_parts(cfg).vision
@@ -1086,6 +1142,8 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
 
     width = cfg.connector.pool_dim if pooling else vision.config.width * len(vision.config.feature_layers)
     head = torch.nn.Linear(width, pool * pool * cell_head_size(grid))
+    if init_head:
+        head.load_state_dict(load_file(str(Path(init) / CELL_HEAD_FILE)))
     connector = Connector(cfg.connector) if pooling else None  # its normalisation and attention pooling
     params = list(vision.parameters()) + list(head.parameters()) + (list(connector.pool.parameters()) if pooling
                                                                       else [])
@@ -1139,8 +1197,12 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
     summary = {"objective": "cells", "minutes": round((time.perf_counter() - start) / 60, 3), "steps": steps,
                "batch_size": batch_size, "lr": lr, "noise": noise, "pool_size": pool_size, "fresh": fresh,
                "scenes_drawn": pool_size + steps * fresh, "loss": float(np.mean(history[-100:])), "pooling": pooling,
-               "share": share, "margin": margin,
+               "share": share, "margin": margin, "init_head": init_head,
                "heldout": {k: round(float(v), 4) for k, v in held_terms.items()}, "config": asdict(config)}
+    if margin:  # one claim per object: what a perfect reader of the head's decisions would score held out
+        reader = MolmoLite.from_parts(replace(config, cell_decisions=True).molmo_config(), vision=vision).eval()
+        reader.connector.decide.head.load_state_dict(head.state_dict())
+        summary["reader_ceiling"] = {k: v for k, v in reader_ceiling(reader, held).items() if k != "by_count"}
     if log:
         log(f"pretrain_vit_cells: {summary}")
     if init:
@@ -1155,7 +1217,7 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
 def main(argv: list[str] | None = None) -> None:
     """``python -m molmo_lite.pointing_only --out DIR --minutes M [--objective caption|cells] [--patch-size 7]
     [--scene-size 56] [--max-crops 4] [--crop-mode resize] [--pool 1] [--noise SD] [--init DIR] [--pooling]
-    [--share S] [--margin M]``:
+    [--share S] [--margin M] [--init-head] [--lr LR]``:
     ``pretrain_vit`` (captions) or ``pretrain_vit_cells`` (what is in each cell)."""
     import argparse
 
@@ -1178,6 +1240,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--margin", type=float, default=0.0,
                         help="cells, --pool 1: an object within this many cells of a border may be claimed by the "
                              "cell on either side (claim_losses)")
+    parser.add_argument("--init-head", action="store_true", help="cells: the head starts as --init's")
+    parser.add_argument("--lr", type=float, default=1e-3, help="cells: the peak learning rate (default 1e-3)")
     parser.add_argument("--pooling", action="store_true",
                         help="cells: the head reads Molmo's attention pooling (trained too, saved beside the ViT)")
     args = parser.parse_args(argv)
@@ -1185,8 +1249,9 @@ def main(argv: list[str] | None = None) -> None:
     config = EyesConfig(patch_size=args.patch_size, scene_size=args.scene_size, max_crops=args.max_crops,
                         crop_mode=args.crop_mode, pooling=(args.pool, args.pool))
     if args.objective == "cells":
-        print(pretrain_vit_cells(args.out, args.minutes, config, noise=args.noise, init=args.init,
-                                 pooling=args.pooling, share=args.share, margin=args.margin))
+        print(pretrain_vit_cells(args.out, args.minutes, config, noise=args.noise, init=args.init, lr=args.lr,
+                                 pooling=args.pooling, share=args.share, margin=args.margin,
+                                 init_head=args.init_head))
     else:
         print(pretrain_vit(args.out, args.minutes, config, init=args.init))
 

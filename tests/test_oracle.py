@@ -18,6 +18,7 @@ from molmo_lite.oracle import (
     build_batch,
     build_optimizer,
     cell_features,
+    cell_objects,
     cell_of,
     feature_size,
     heldout_scenes,
@@ -72,6 +73,25 @@ def test_cell_features_shared_across_a_border_hand_checked():
     np.testing.assert_allclose(f[..., :11].sum(), hard[..., :11].sum(), atol=1e-5)  # each object's weights sum to 1
     np.testing.assert_array_equal(f[..., 13:], hard[..., 13:])  # rows and columns as ever
     np.testing.assert_array_equal(cell_features(objects, grid=8, share=0.0).reshape(8, 8, -1), hard)
+
+
+def test_cell_objects_read_hard_cells_back_into_objects():
+    """cell_objects inverts cell_features where each cell holds at most one centre: the hand-checked red circle at
+    (10, 10) and blue triangle at (60, 95) come back with their colours, shapes and centres, in raster order; on 50
+    held-out scenes every object whose cell it has alone comes back at its centre; an empty grid gives none."""
+    objects = [SceneObject("triangle", "blue", 60.0, 95.0, 5.0), SceneObject("circle", "red", 10.0, 10.0, 5.0)]
+    back = cell_objects(cell_features(objects, grid=8), 8)
+    assert [(o.colour, o.shape) for o in back] == [("red", "circle"), ("blue", "triangle")]
+    np.testing.assert_allclose([(o.x, o.y) for o in back], [(10.0, 10.0), (60.0, 95.0)], atol=1e-4)
+    assert cell_objects(cell_features([], grid=8), 8) == []
+    for ex in heldout_scenes(50):
+        objs = ex.meta["objects"]
+        cells = [cell_of(o, 8) for o in objs]
+        alone = sorted((c, o.x, o.y, o.colour, o.shape) for c, o in zip(cells, objs) if cells.count(c) == 1)
+        got = {cell_of(o, 8): o for o in cell_objects(cell_features(objs, grid=8), 8)}
+        for c, x, y, colour, shape in alone:
+            assert (got[c].colour, got[c].shape) == (colour, shape)
+            np.testing.assert_allclose((got[c].x, got[c].y), (x, y), atol=1e-4)
 
 
 def test_heldout_scenes_are_chapter_07s():

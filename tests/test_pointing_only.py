@@ -383,6 +383,49 @@ def test_cell_decisions_give_the_oracles_form_and_are_saved_with_the_model(tmp_p
                                    model.image_features(inputs.crops, inputs.pooled_patches_idx))
 
 
+def test_reader_ceiling_scores_the_objects_the_cell_decisions_hand_on(tmp_path):
+    """A head that calls every cell a red triangle at its middle decides 64 red triangles: a perfect reader asked for
+    "red shapes" points at all 64 and counts 64, right for a scene whose truth is those 64 points, wrong for one
+    of 3; the truth's objects are each found once, "twice" none. A head that calls every cell empty misses them
+    all and counts 0."""
+    from safetensors.torch import save_file
+
+    from molmo_lite.clip_pretrain import save_encoder
+    from molmo_lite.data.synthetic import COLOURS, SHAPES
+    from molmo_lite.pointing_only import CELL_HEAD_FILE, reader_ceiling
+
+    vit = build_model(EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1))).vision
+    save_encoder(vit, tmp_path / "vit", {})
+    scene = pointing_examples(1, 0, "heldout", 56)[0]
+    image, messages = scene.image, scene.messages  # the messages only for score_answers' samples
+    middles = [SceneObject("triangle", "red", (j + 0.5) * 12.5, (i + 0.5) * 12.5, 2) for i in range(8)
+               for j in range(8)]
+    full = Example(image, messages, "pointing", {"label": "red shapes", "points": [(o.x, o.y) for o in middles],
+                                           "count": 64, "objects": middles})
+    three = Example(image, messages, "pointing", {"label": "red shapes", "points": [(6.25, 6.25), (18.75, 6.25),
+                                                                              (31.25, 6.25)],
+                                            "count": 3, "objects": middles[:3]})
+    k = len(COLOURS) + 1
+    for says in (list(COLOURS).index("red"), len(COLOURS)):
+        bias = torch.full((cell_head_size(8),), -5.0)
+        bias[says], bias[k + SHAPES.index("triangle")] = 5.0, 5.0
+        bias[k + len(SHAPES):k + len(SHAPES) + 2] = 0.0
+        save_file({"weight": torch.zeros(cell_head_size(8), vit.config.width * 2), "bias": bias},
+                  str(tmp_path / "vit" / CELL_HEAD_FILE))
+        model = build_model(EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0,
+                                       cell_decisions=True, vision_init=str(tmp_path / "vit")))
+        got = reader_ceiling(model, [full, three])
+        if says < len(COLOURS):
+            assert got["counting_exact"] == 0.5 and got["objects"] == 67
+            assert got["by_count"]["1-3"]["counting_exact"] == 0.0  # the scene of 3
+            assert got["pointing_f1"] == pytest.approx((1 + 2 * 3 / 67) / 2)  # F1 1, then precision 3/64 recall 1
+            assert got["per_object"] == {"missed": 0.0, "twice": 0.0, "wrong_shape": 0.0, "wrong_colour": 0.0}
+            assert got["phantoms_per_scene"] == 61 / 2  # the second scene's truth has 3 of the 64 decided
+        else:
+            assert got["counting_exact"] == 0.0 and got["pointing_f1"] == 0.0
+            assert got["per_object"]["missed"] == 1.0 and got["phantoms_per_scene"] == 0
+
+
 def test_cell_pretraining_learns_from_the_pixels_and_saves_a_vit(tmp_path):
     """A minute of ``pretrain_vit_cells`` from a random ViT reads the pixels: on the held-out scenes the squared error
     of an object's offset in its cell is well below the offsets' own variance (the best guess without the image;
@@ -402,6 +445,26 @@ def test_cell_pretraining_learns_from_the_pixels_and_saves_a_vit(tmp_path):
     assert summary["heldout"]["position"] < 0.5 * 2 * np.log(8), summary["heldout"]
     vit = load_encoder(tmp_path / "vit")
     MolmoLite.from_parts(EyesConfig(patch_size=7, max_crops=1).molmo_config(), vision=vit)
+
+
+def test_claim_pretraining_goes_on_from_a_saved_head_and_reports_the_readers_ceiling(tmp_path):
+    """With a margin (one claim per object), the summary holds what a perfect reader of the head's decisions scores
+    held out; init_head starts the head as the one saved beside --init (without training, it is saved unchanged),
+    and without it the head starts afresh."""
+    from safetensors.torch import load_file
+
+    from molmo_lite.pointing_only import CELL_HEAD_FILE
+
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1))
+    first = pretrain_vit_cells(tmp_path / "a", 0.05, config, pool_size=64, margin=0.15, log=None)
+    assert set(first["reader_ceiling"]) >= {"pointing_f1", "counting_exact", "per_object", "phantoms_per_scene"}
+    assert 0.0 <= first["reader_ceiling"]["counting_exact"] <= 1.0
+    saved = load_file(str(tmp_path / "a" / CELL_HEAD_FILE))
+    pretrain_vit_cells(tmp_path / "b", 0.0, config, pool_size=64, margin=0.15, init=tmp_path / "a", init_head=True,
+                       log=None)
+    torch.testing.assert_close(load_file(str(tmp_path / "b" / CELL_HEAD_FILE)), saved)
+    pretrain_vit_cells(tmp_path / "c", 0.0, config, pool_size=64, margin=0.15, init=tmp_path / "a", log=None)
+    assert not torch.equal(load_file(str(tmp_path / "c" / CELL_HEAD_FILE))["weight"], saved["weight"])
 
 
 def test_questions_per_scene_ask_each_scene_different_questions():

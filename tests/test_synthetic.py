@@ -7,6 +7,8 @@ import pytest
 
 from molmo_lite.data.synthetic import (
     COLOURS,
+    SHAPES,
+    Query,
     caption_examples,
     pointing_examples,
     qa_examples,
@@ -120,3 +122,15 @@ def test_the_second_renderer_draws_the_same_objects_another_way():
         ours = np.abs(render_scene_shifted(obj, 112, np.random.default_rng(0)).astype(int) - red).max(-1) <= 40
         pil = np.abs(render_scene(obj, 112, (128, 128, 128)).astype(int) - red).max(-1) <= 40
         assert (ours & pil).sum() / (ours | pil).sum() > 0.95, shape
+
+
+def test_a_query_is_read_back_from_its_label():
+    """Query.from_label gives back every query random_query can draw ('red circles', 'circles', 'red shapes');
+    words that name no colour or shape are refused."""
+    for colour in (None, *COLOURS):
+        for shape in (None, *SHAPES):
+            query = Query(colour, shape)
+            assert Query.from_label(query.label) == query
+    for bad in ("red", "pink circles", "red blue circles", "circle"):
+        with pytest.raises(ValueError):
+            Query.from_label(bad)

@@ -164,6 +164,17 @@ class Query:
         """The plural the question and the answer use: 'red circles', 'triangles', 'green shapes'."""
         return self.singular + "s"
 
+    @classmethod
+    def from_label(cls, label: str) -> Query:
+        """The query a label names: 'red circles' -> Query('red', 'circle'), 'green shapes' -> Query('green', None)."""
+        words = label.removesuffix("s").split()
+        colour = words[0] if words[0] in COLOURS else None
+        shape = words[-1] if words[-1] in SHAPES else None
+        if (not label.endswith("s") or len(words) != (colour is not None) + 1
+                or words[-1] not in (*SHAPES, "shape")):
+            raise ValueError(f"not a label of a query: {label!r}")
+        return cls(colour, shape)
+
 
 def random_query(rng: np.random.Generator) -> Query:
     how = int(rng.integers(3))
