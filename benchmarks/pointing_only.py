@@ -241,8 +241,40 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                          "linear start of the projector: how much of o16's lead (0.96 / 0.94 "
                                          "against e19's 0.90 / 0.74 the same hour) the start closes",
                                          ORACLE_CELLS | {"linear_projector": 0.35}),
+    "e45-claim2-linear-projector": ("e43 with `vit_p7_claim2`'s eyes: `vit_p7_claim` trained 15 more minutes (its "
+                                    "head kept, peak learning rate 5e-4); a perfect reader of its decisions counts "
+                                    "0.925 of the 200 held-out scenes right where `vit_p7_claim`'s allow 0.850 "
+                                    "(`reader_ceiling`)",
+                                    CLAIM_POOL | {"linear_projector": 0.35,
+                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+    "e46-claim2-connector-lr3e-3": ("e45 with the connector (pooling and projector) at 3e-3, three times the LLM's "
+                                    "rate: through Molmo's connector perfect cells climb about 250 steps after "
+                                    "o16's Linear-GELU-Linear (e19), a connector of five matrices where o16 has two",
+                                    CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 3e-3,
+                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+    "e47-claim2-connector-lr3e-4": ("e45 with the connector (pooling and projector) at 3e-4, a third of the LLM's "
+                                    "rate: e46's 3e-3 climbs later than e45",
+                                    CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 3e-4,
+                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+    "e48-claim2-connector-frozen": ("e45 with the connector frozen at its linear start (`lr_connector` 0): each "
+                                    "image token a fixed random linear code of the cell's decisions (one vector per "
+                                    "colour, shape, row and column, plus the offset's), which the LLM alone learns "
+                                    "to read; e46 (3e-3) against e45 (1e-3) says a connector that moves faster "
+                                    "delays the binding",
+                                    CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 0.0,
+                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+    "e49-claim2-connector-lr1e-4": ("e45 with the connector at 1e-4, a tenth of the LLM's rate: between e47's "
+                                    "3e-4 and e48's frozen connector",
+                                    CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 1e-4,
+                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+    "e50-claim2-slow-connector-anneal": ("e47 with the learning rate annealed to a tenth of its peak by the end "
+                                         "(`final_lr` 0.1, e39's): with the slow connector the climb is over by "
+                                         "minute 8, and the last minutes sharpen what was learnt",
+                                         CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 3e-4,
+                                                       "final_lr": 0.1,
+                                                       "vision_init": "data_samples/backbones/vit_p7_claim2"}),
 }
-DEFAULT = "e43-claim-linear-projector"  # the real path nearest the target (docs/recipes.md)
+DEFAULT = "e50-claim2-slow-connector-anneal"  # the real path nearest the target (docs/recipes.md)
 
 # vision_init folders the harness builds when missing: folder -> molmo_lite.pointing_only's command-line arguments
 # (an --init folder is built first when it is missing too)
@@ -263,6 +295,10 @@ PRETRAINED = {
     "data_samples/backbones/vit_p7_claim": ["--objective", "cells", "--minutes", "12", "--patch-size", "7",
                                             "--crop-mode", "resize", "--pool", "1", "--noise", "30",
                                             "--margin", "0.15", "--init", "data_samples/backbones/vit_p7_cell1"],
+    "data_samples/backbones/vit_p7_claim2": ["--objective", "cells", "--minutes", "15", "--patch-size", "7",
+                                             "--crop-mode", "resize", "--pool", "1", "--noise", "30",
+                                             "--margin", "0.15", "--init-head", "--lr", "5e-4",
+                                             "--init", "data_samples/backbones/vit_p7_claim"],
 }
 
 
