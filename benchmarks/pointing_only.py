@@ -273,6 +273,11 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                          CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 3e-4,
                                                        "final_lr": 0.1,
                                                        "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+    "e51-claim2-frozen-connector-anneal": ("e48 (the connector frozen at its linear start) with e50's anneal to a "
+                                           "tenth: the two best counts without the anneal were e48's and e47's",
+                                           CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 0.0,
+                                                         "final_lr": 0.1,
+                                                         "vision_init": "data_samples/backbones/vit_p7_claim2"}),
 }
 DEFAULT = "e50-claim2-slow-connector-anneal"  # the real path nearest the target (docs/recipes.md)
 
