@@ -279,7 +279,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                                          "final_lr": 0.1,
                                                          "vision_init": "data_samples/backbones/vit_p7_claim2"}),
 }
-DEFAULT = "e50-claim2-slow-connector-anneal"  # the real path nearest the target (docs/recipes.md)
+DEFAULT = "e51-claim2-frozen-connector-anneal"  # the real path nearest the target (docs/recipes.md)
 
 # vision_init folders the harness builds when missing: folder -> molmo_lite.pointing_only's command-line arguments
 # (an --init folder is built first when it is missing too)

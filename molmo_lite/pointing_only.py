@@ -1120,10 +1120,11 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
     normalisation and ``AttentionPool``, trained with the ViT) instead of the mean, so that the pooled vector itself
     must keep the four cells apart; the pooling is saved beside the ViT (``POOLING_FILE``, for
     ``EyesConfig.pooling_init``). init_head: the head starts as the one saved beside ``init`` (else from random, as
-    the shipped ViTs' pre-trainings did). share: the cells' targets without hard borders (``oracle.cell_features(share=)``,
-    soft targets in ``cell_losses``). margin (one cell per patch, pooling 1 x 1): no border to decide, an object
-    within ``margin`` cells of one may be claimed by the cell on either side (``claim_losses``). The ViT is saved to
-    ``out`` (``save_encoder``) and its head beside it (``CELL_HEAD_FILE``, for ``EyesConfig.cell_decisions``). ->
+    most shipped ViTs' pre-trainings did). share: the cells' targets without hard borders
+    (``oracle.cell_features(share=)``, soft targets in ``cell_losses``). margin (one cell per patch, pooling 1 x 1):
+    no border to decide, an object within ``margin`` cells of one may be claimed by the cell on either side
+    (``claim_losses``). The ViT is saved to ``out`` (``save_encoder``) and its head beside it (``CELL_HEAD_FILE``,
+    for ``EyesConfig.cell_decisions``). ->
     what it did, with held-out scores per cell (and with a margin, ``reader_ceiling``: pointing and counting by a
     perfect reader of the head's decisions)."""
     torch.manual_seed(config.seed)
@@ -1196,7 +1197,8 @@ def pretrain_vit_cells(out: str | Path, minutes: float, config: EyesConfig = Eye
         held_terms = losses(predict(held_crops), held_targets)
     summary = {"objective": "cells", "minutes": round((time.perf_counter() - start) / 60, 3), "steps": steps,
                "batch_size": batch_size, "lr": lr, "noise": noise, "pool_size": pool_size, "fresh": fresh,
-               "scenes_drawn": pool_size + steps * fresh, "loss": float(np.mean(history[-100:])), "pooling": pooling,
+               "scenes_drawn": pool_size + steps * fresh, "pooling": pooling,
+               "loss": float(np.mean(history[-100:])) if history else None,  # None: no step in the minutes
                "share": share, "margin": margin, "init_head": init_head,
                "heldout": {k: round(float(v), 4) for k, v in held_terms.items()}, "config": asdict(config)}
     if margin:  # one claim per object: what a perfect reader of the head's decisions would score held out
