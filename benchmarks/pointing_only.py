@@ -39,6 +39,8 @@ CELL1 = {"patch_size": 7, "crop_mode": "resize", "pooling": (1, 1), "lr_vit": 0.
 # the claim ViT, its own head deciding each cell in the connector (``EyesConfig.cell_decisions``)
 CLAIM = CELL1 | {"vision_init": "data_samples/backbones/vit_p7_claim", "cell_decisions": True}
 CLAIM_POOL = CLAIM | {"scene_pool": 2048, "cache_features": True}  # e37: a pool of scenes, the frozen eyes run once each
+# e45 on: the claim ViT trained longer (`vit_p7_claim2`) and e43's linear start of the projector
+CLAIM2 = CLAIM_POOL | {"linear_projector": 0.35, "vision_init": "data_samples/backbones/vit_p7_claim2"}
 
 # name -> (what it changes, relative to the configuration it names; the EyesConfig fields it sets)
 CONFIGS: dict[str, tuple[str, dict]] = {
@@ -245,39 +247,30 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                     "head kept, peak learning rate 5e-4); a perfect reader of its decisions counts "
                                     "0.925 of the 200 held-out scenes right where `vit_p7_claim`'s allow 0.850 "
                                     "(`reader_ceiling`)",
-                                    CLAIM_POOL | {"linear_projector": 0.35,
-                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+                                    CLAIM2),
     "e46-claim2-connector-lr3e-3": ("e45 with the connector (pooling and projector) at 3e-3, three times the LLM's "
                                     "rate: through Molmo's connector perfect cells climb about 250 steps after "
                                     "o16's Linear-GELU-Linear (e19), a connector of five matrices where o16 has two",
-                                    CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 3e-3,
-                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+                                    CLAIM2 | {"lr_connector": 3e-3}),
     "e47-claim2-connector-lr3e-4": ("e45 with the connector (pooling and projector) at 3e-4, a third of the LLM's "
                                     "rate: e46's 3e-3 climbs later than e45",
-                                    CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 3e-4,
-                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+                                    CLAIM2 | {"lr_connector": 3e-4}),
     "e48-claim2-connector-frozen": ("e45 with the connector frozen at its linear start (`lr_connector` 0): each "
                                     "image token a fixed random linear code of the cell's decisions (one vector per "
                                     "colour, shape, row and column, plus the offset's), which the LLM alone learns "
                                     "to read; e46 (3e-3) against e45 (1e-3) says a connector that moves faster "
                                     "delays the binding",
-                                    CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 0.0,
-                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+                                    CLAIM2 | {"lr_connector": 0.0}),
     "e49-claim2-connector-lr1e-4": ("e45 with the connector at 1e-4, a tenth of the LLM's rate: between e47's "
                                     "3e-4 and e48's frozen connector",
-                                    CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 1e-4,
-                                                  "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+                                    CLAIM2 | {"lr_connector": 1e-4}),
     "e50-claim2-slow-connector-anneal": ("e47 with the learning rate annealed to a tenth of its peak by the end "
                                          "(`final_lr` 0.1, e39's): with the slow connector the climb is over by "
                                          "minute 8, and the last minutes sharpen what was learnt",
-                                         CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 3e-4,
-                                                       "final_lr": 0.1,
-                                                       "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+                                         CLAIM2 | {"lr_connector": 3e-4, "final_lr": 0.1}),
     "e51-claim2-frozen-connector-anneal": ("e48 (the connector frozen at its linear start) with e50's anneal to a "
                                            "tenth: the two best counts without the anneal were e48's and e47's",
-                                           CLAIM_POOL | {"linear_projector": 0.35, "lr_connector": 0.0,
-                                                         "final_lr": 0.1,
-                                                         "vision_init": "data_samples/backbones/vit_p7_claim2"}),
+                                           CLAIM2 | {"lr_connector": 0.0, "final_lr": 0.1}),
 }
 DEFAULT = "e51-claim2-frozen-connector-anneal"  # the real path nearest the target (docs/recipes.md)
 
