@@ -143,12 +143,16 @@ def save_record(out: Path, key: str, record: dict) -> dict:
 def table(results: dict[str, dict], configs: dict[str, tuple[str, dict]] = CONFIGS) -> str:
     """The Markdown table of docs/recipes.md: one row per run, in ``configs``' order (longer budgets and other seeds
     after the 10-minute row of the same configuration); a column for the shift check (another renderer) when a
-    record has one."""
+    record has one, and one for the clocks (hour right, within 3 minutes, answer-loss ratio shuffled / true images)
+    when a record trained on them."""
     buckets = ("0-0", "1-3", "4-7", "8-10")
     shift = any("shift" in r for r in results.values())
+    clocks = any("clocks" in r for r in results.values())
     rows = ["| configuration | what it changes | train min | steps | pointing F1 | counting exact | F1 by targets "
             "0 / 1-3 / 4-7 / 8-10 | shuffled images F1 |" + (" other renderer F1 / counting |" if shift else "")
-            + " F1 along the curve (minutes) |", "|---|---|---|---|---|---|---|---|---|" + ("---|" if shift else "")]
+            + (" clocks hour / 3 min / loss ratio |" if clocks else "")
+            + " F1 along the curve (minutes) |",
+            "|---|---|---|---|---|---|---|---|---|" + ("---|" if shift else "") + ("---|" if clocks else "")]
     def order(item):
         r = item[1]
         return list(configs).index(r["name"]), round(r["train_minutes"]), r["config"].get("seed", 0)
@@ -163,9 +167,11 @@ def table(results: dict[str, dict], configs: dict[str, tuple[str, dict]] = CONFI
         curve = ", ".join(f"{c['pointing_f1']:.2f} ({c['minutes']:.0f})" for c in r["curve"])
         shifted = (f" {r['shift']['pointing_f1']:.2f} / {r['shift']['counting_exact']:.2f} |" if "shift" in r
                    else " - |") if shift else ""
+        clock = (f" {r['clocks']['hour']:.2f} / {r['clocks']['within_3_min']:.2f} / {r['clocks']['loss_ratio']:.2f} |"
+                 if "clocks" in r else " - |") if clocks else ""
         rows.append(f"| {key} | {lever} | {r['train_minutes']:.1f} | {r['steps']} | "
                     f"{r['final']['pointing_f1']:.2f} | {r['final']['counting_exact']:.2f} | {by} | "
-                    f"{r['shuffled']['pointing_f1']:.2f} |{shifted} {curve} |")
+                    f"{r['shuffled']['pointing_f1']:.2f} |{shifted}{clock} {curve} |")
     return "\n".join(rows)
 
 

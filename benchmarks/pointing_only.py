@@ -271,6 +271,24 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "e51-claim2-frozen-connector-anneal": ("e48 (the connector frozen at its linear start) with e50's anneal to a "
                                            "tenth: the two best counts without the anneal were e48's and e47's",
                                            CLAIM2 | {"lr_connector": 0.0, "final_lr": 0.1}),
+    "e52-e51-features-clocks": ("e51 with the claim ViT's features (normalised, scaled to about the decisions' "
+                                "norm) handed on beside the decisions (`decision_features` 0.15) and a quarter of "
+                                "the rows a clock to read (`clock_rate` 0.25): do the eyes serve a second skill "
+                                "without costing the first?",
+                                CLAIM2 | {"lr_connector": 0.0, "final_lr": 0.1, "decision_features": 0.15,
+                                          "clock_rate": 0.25}),
+    "e53-e52-quieter-features": ("e52 with the features scaled to a third of the decisions' norm "
+                                 "(`decision_features` 0.05): e52's features cost the pointing half its F1",
+                                 CLAIM2 | {"lr_connector": 0.0, "final_lr": 0.1, "decision_features": 0.05,
+                                           "clock_rate": 0.25}),
+    "e54-e51-clocks": ("the control of e52: e51 with a quarter of the rows a clock, the decisions alone (no "
+                       "features): is it the clocks or the features that slow the pointing?",
+                       CLAIM2 | {"lr_connector": 0.0, "final_lr": 0.1, "clock_rate": 0.25}),
+    "e55-e52-feature-basis": ("e52 with only the features' 16 main components (whitened, `feature_dims` 16, "
+                              "`decision_features` 0.5: about the decisions' norm) beside the decisions: 29 + 16 "
+                              "channels fit the pooling's 96 without being mixed into each other",
+                              CLAIM2 | {"lr_connector": 0.0, "final_lr": 0.1, "decision_features": 0.5,
+                                        "feature_dims": 16, "clock_rate": 0.25}),
 }
 DEFAULT = "e51-claim2-frozen-connector-anneal"  # the real path nearest the target (docs/recipes.md)
 

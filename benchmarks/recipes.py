@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine_info, replace_block
+from molmo_lite.config import CLAIM_EYES
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "recipes.json"
@@ -57,10 +58,21 @@ class Recipe:
     lm_kinds: tuple[str, ...] | None = None  # the LM pre-trained on these corpus line kinds only (default all)
     vit_scenes: str = "simple"  # the tiny CLIP's pre-training images (molmo_lite.clip_pretrain.ENCODER_SCENES)
     vit_steps: int = 600  # and its steps
+    eyes: dict | None = None  # the image path of chapter 10's pointing harness (molmo_lite.train.tiny_model)
+    lm: str = "pretrained"  # or "random": the LLM from a random start, as the harnesses start it
 
 
 PACKED_CAPTION = dict(V0_CAPTION, data="fresh", pack_examples=True, **FAST_LRS)  # v8's stages
 PACKED_SFT = dict(V0_SFT, data="fresh", pack_examples=True, **FAST_LRS)
+
+# v18 on: the pointing harness's findings (docs/recipes.md, e51) in Molmo's two stages. The image path: CLAIM_EYES
+# (the shipped claim ViT `vit_p7_claim2`, one token per 7 px cell in single-crop mode, its cell decisions in the
+# connector, the projector started linear); ViT and connector frozen. The recipe: the oracle's o16 (Muon for the
+# hidden matrices, the question before the image, one annotation per row, a step's rows sorted by length in two
+# chunks), the LLM at 1e-3 annealed to a tenth.
+O16_CAPTION = dict(stage="caption", data="fresh", optimizer="muon", rows="one", freeze=("vit", "connector"),
+                   lr_llm=1e-3, warmup_llm=50, batch_size=8, grad_accum=2, sort_by_length=True, examples=3000)
+O16_SFT = dict(O16_CAPTION, stage="sft", rates=(("pointing", 0.6), ("clocks", 0.15)))
 
 RECIPES: dict[str, Recipe] = {
     "v0-course": Recipe("Molmo's stages at tiny scale: pools of 3000 images, Molmo's connector as is",
@@ -131,6 +143,11 @@ RECIPES: dict[str, Recipe] = {
                                         "with tokens that keep the positions of several objects",
                                         COURSE_CONNECTOR, PACKED_CAPTION, dict(PACKED_SFT, curriculum="objects-mixed"),
                                         preprocessor=dict(pooling=(1, 1))),
+    "v18-claim-eyes-o16": Recipe("the harness's e54 in Molmo's two stages: the claim ViT's decisions (frozen, with "
+                                 "the connector), an LLM from a random start trained with o16 (Muon, question "
+                                 "first, one annotation per row); stage 2 pointing 60%, clocks 15%, the rest of the "
+                                 "mixture 25%", caption=O16_CAPTION, sft=O16_SFT, eyes=CLAIM_EYES,
+                                 lm="random"),
 }
 
 
@@ -194,7 +211,7 @@ def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir:
         shutil.rmtree(out_dir)
     cache = ROOT / "runs" / "recipes" / "docs_cache"
     model = tiny_model(seed, recipe.connector, recipe.preprocessor, recipe.lm_kinds, recipe.vit_scenes,
-                       recipe.vit_steps)
+                       recipe.vit_steps, eyes=recipe.eyes, lm=recipe.lm)
     size = recipe.sft.get("image_size", 56)  # the held-out scenes at the training resolution (same relative sizes)
     sets = heldout_sets(examples, seed=0, size=size, cache_dir=cache)
     curve, stages, train_seconds = [], {}, 0.0
@@ -230,7 +247,8 @@ def run(name: str, minutes: float, evals: int = 4, examples: int = 200, out_dir:
     print(metrics_table(report))
     record = {"recipe": name, "lever": recipe.lever, "connector": recipe.connector,
               "preprocessor": recipe.preprocessor, "lm_kinds": recipe.lm_kinds,
-              "vit_scenes": recipe.vit_scenes, "vit_steps": recipe.vit_steps, "image_size": size, "minutes": minutes,
+              "vit_scenes": recipe.vit_scenes, "vit_steps": recipe.vit_steps, "eyes": recipe.eyes, "lm": recipe.lm,
+              "image_size": size, "minutes": minutes,
               "train_minutes": train_seconds / 60, "eval_seconds": eval_seconds, "curve": curve, "stages": stages,
               "headline": headline(report), "metrics": report["metrics"], "shuffled": report["shuffled"],
               "blind": report["blind"], "blind_answers": report["blind_answers"], "losses": report["losses"],

@@ -228,7 +228,14 @@ class Connector(nn.Module):
         super().__init__()
         self.config = config = config or ConnectorConfig()
         self.decide = CellDecisions(config.input_dim, *config.cell_decisions) if config.cell_decisions else None
-        dim = self.decide.out_dim if self.decide is not None else config.input_dim
+        dim = config.input_dim
+        if self.decide is not None:
+            kept = config.decision_features_dim or config.input_dim
+            dim = self.decide.out_dim + (kept if config.decision_features else 0)
+        elif config.decision_features:
+            raise ValueError("decision_features hands the features on beside the cell decisions: set cell_decisions")
+        if config.decision_features and config.decision_features_dim:  # fixed directions, saved with the model
+            self.register_buffer("feature_basis", torch.zeros(config.input_dim, config.decision_features_dim))
         self.pad = PadEmbedding(dim) if config.pad_embed else None
         self.pool = AttentionPool(dim, config.pool_dim, config.heads, config.head_dim)
         self.projector = SwiGLUProjector(config.pool_dim, config.hidden_dim, config.llm_dim)
@@ -261,7 +268,13 @@ class Connector(nn.Module):
                 f"got {tuple(features.shape)}"
             )
         features = self.normalize(features)
-        if self.decide is not None:
+        if self.decide is not None and self.config.decision_features:  # the decisions, then the features
+            scaled = F.layer_norm(features, features.shape[-1:])
+            if self.config.decision_features_dim:
+                scaled = scaled @ self.feature_basis
+            scaled = scaled * self.config.decision_features
+            features = torch.cat([self.decide(features), scaled], -1)
+        elif self.decide is not None:
             features = self.decide(features)
         if self.pad is not None and pad_fraction is not None:
             features = self.pad(features, pad_fraction)

@@ -225,6 +225,8 @@ class DistributedTrainer(Trainer):
                  activation_checkpointing: bool = False, info: DistInfo | None = None, **kwargs):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if strategy == "fsdp" and getattr(config, "optimizer", "adamw") == "muon":
+            raise ValueError("Muon orthogonalises whole matrices; FSDP shards them: use strategy 'ddp' with muon")
         self.info = info or init_distributed()
         self.rank, self.world_size, self.strategy = self.info.rank, self.info.world_size, strategy
         if activation_checkpointing:

@@ -90,6 +90,12 @@ def clock_scores(answer: str, hour: int, minute: int) -> tuple[float, float]:
     return exact, float(gap <= 3)
 
 
+def clock_hour(answer: str, hour: int) -> float:
+    """1.0 when the answer's time names the right hour (on a 12-hour dial), whatever its minutes."""
+    m = _TIME.search(answer or "")
+    return float(m is not None and int(m.group(1)) % 12 == hour % 12)
+
+
 def caption_recall(caption: str, objects: Sequence[Any]) -> float:
     """Share of the scene's distinct (colour, shape) pairs named in the caption ('red circle' or 'red circles')."""
     kinds = {(o.colour, o.shape) for o in objects}
@@ -123,7 +129,8 @@ def score(task: str, examples: Sequence[Example], answers: Sequence[str]) -> dic
         return {"exact": s.correct, "within_1": s.close, "valid": s.valid}
     if task == "clocks":
         pairs = [clock_scores(a, ex.meta["hour"], ex.meta["minute"]) for ex, a in zip(examples, answers)]
-        return {"exact": float(np.mean([p[0] for p in pairs])), "within_3_min": float(np.mean([p[1] for p in pairs]))}
+        return {"exact": float(np.mean([p[0] for p in pairs])), "within_3_min": float(np.mean([p[1] for p in pairs])),
+                "hour": float(np.mean([clock_hour(a, ex.meta["hour"]) for ex, a in zip(examples, answers)]))}
     if task in ("charts", "tables"):
         right = [normalize_answer(a) == normalize_answer(ex.messages[0][0].answer) for ex, a in zip(examples, answers)]
         return {"accuracy": float(np.mean(right))}
@@ -186,7 +193,8 @@ def answer_losses(model: MolmoLite, examples: Sequence[Example], task: str, batc
     sums, counts = {"numbers": 0.0, "format": 0.0}, {"numbers": 0, "format": 0}
     for i in range(0, len(examples), batch_size):
         encoded = [encode_example(Example(ex.image, [[_question(ex, task)]], ex.task, ex.meta), model.processor,
-                                  model.tokenizer, None, "none", shuffle=False) for ex in examples[i:i + batch_size]]
+                                  model.tokenizer, None, "none", shuffle=False,
+                                  question_first=model.config.question_first) for ex in examples[i:i + batch_size]]
         batch = {k: v.to(device) for k, v in collate(encoded, model.tokenizer.pad_id).items()}
         targets, weights = batch.pop("target_ids"), batch.pop("loss_weights")
         with torch.no_grad():

@@ -49,6 +49,7 @@ from .pointing import (
 )
 from .prompts import IGNORE_INDEX, format_messages, generation_prompt_ids, pack, subsegment_mask
 from .tokenizer import MolmoTokenizer
+from .train import hidden_matrices
 
 COUNT_BUCKETS = ((0, 0), (1, 3), (4, 7), (8, 10))  # F1 by the number of targets in the scene
 
@@ -487,7 +488,7 @@ def build_optimizer(model: nn.Module, config, lr_by_prefix: dict[str, float] | N
     them. Each group keeps its peak rate under "base_lr" (the schedule scales it)."""
     if config.optimizer not in ("adamw", "muon"):
         raise ValueError(f"optimizer must be 'adamw' or 'muon', got {config.optimizer!r}")
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    linear = hidden_matrices(model)
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         lr = next((v for k, v in (lr_by_prefix or {}).items() if name.startswith(k)), config.lr)

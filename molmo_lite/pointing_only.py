@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from .clip_pretrain import load_encoder, save_encoder
 from .config import MOLMO_PRESETS, MolmoConfig
+from .data import clocks
 from .data.corpus import scene_text
 from .data.examples import Example, split_seed
 from .data.synthetic import (
@@ -45,7 +46,7 @@ from .data.synthetic import (
     pointing_examples,
     shifted_pointing_examples,
 )
-from .evaluate import generate_in_batches, shuffled_images
+from .evaluate import generate_in_batches, score, shuffled_images
 from .connector import Connector
 from .model import MolmoLite
 from .oracle import (
@@ -121,6 +122,12 @@ class EyesConfig:
     questions_per_scene: a step's rows are batch_size / questions_per_scene scenes, each asked that many different
     annotations (point at one class, count it, point at another), so that the batch shows the same image answering
     different questions differently, where each row otherwise holds its own scene.
+    decision_features (with cell_decisions): the ViT's features, normalised and scaled by this, handed on beside the
+    decisions (``ConnectorConfig.decision_features``), for what the cell head does not decide; feature_dims: only
+    their coordinates on that many main components, whitened (``fit_feature_basis``, when the model is built).
+    clock_rate: that share of the training rows shows one of chapter 07's clocks (``clocks.clock_example``, the
+    scene's size) and asks the time; the record then holds the held-out clocks' scores (``evaluate_clocks``) and
+    their answer-loss control.
     head_init (pooling 1 x 1, a vision_init saved with its cell head): the pooling starts as that head, the linear
     map the ViT was pre-trained through (``pretrain_vit_cells``), each of its outputs standardised on this many
     fresh scenes (``head_pooling``; counted in the minutes): Molmo's connector, unchanged, starting from what the
@@ -172,6 +179,9 @@ class EyesConfig:
     questions_per_scene: int = 1  # a step's batch holds batch_size / this scenes, each asked this many questions
     linear_projector: float = 0.0  # > 0: the SwiGLU projector starts linear, its gate silu(this) (linear_projector)
     align_scenes: int = 0  # > 0: the connector starts trained to give the oracle connector's tokens (align_connector)
+    decision_features: float = 0.0  # > 0: the ViT's features beside the cell decisions (ConnectorConfig)
+    feature_dims: int = 0  # > 0: only their coordinates on this many main components (fit_feature_basis)
+    clock_rate: float = 0.0  # share of the training rows that are a clock to read (chapter 07's clocks)
     align_steps: int = 300
     seed: int = 0
 
@@ -186,7 +196,8 @@ class EyesConfig:
         grid = self.crop_size // self.patch_size
         connector = replace(tiny.connector, input_dim=vision.feature_dim, pool_dim=self.vit_width,
                             feature_norm=0 if self.head_init or self.cell_decisions else tiny.connector.feature_norm,
-                            cell_decisions=(len(COLOURS), len(SHAPES), grid) if self.cell_decisions else ())
+                            cell_decisions=(len(COLOURS), len(SHAPES), grid) if self.cell_decisions else (),
+                            decision_features=self.decision_features, decision_features_dim=self.feature_dims)
         return replace(tiny, preprocessor=pre, vision=vision, connector=connector,
                        question_first=self.question_first)
 
@@ -278,6 +289,19 @@ def evaluate_eyes(model: MolmoLite, examples: Sequence[Example], shuffled: bool 
     (``oracle.score_answers``); shuffled: each example shows the next one's image (the control)."""
     asked = shuffled_images(examples) if shuffled else list(examples)
     return score_answers(examples, answers(model, asked, 0), answers(model, asked, 1))
+
+
+def evaluate_clocks(model: MolmoLite, examples: Sequence[Example]) -> dict:
+    """Held-out clocks (``evaluate.score``: exact, within 3 minutes, hour) read by greedy generation, the same with
+    shuffled images, and the answer loss with true and shuffled images (the control: the clock's image must
+    matter)."""
+    true = score("clocks", examples, answers(model, examples, 0, max_new_tokens=8))
+    shuffled = score("clocks", examples, answers(model, shuffled_images(examples), 0, max_new_tokens=8))
+    loss, control = answer_loss(model, examples, (0,)), answer_loss(model, examples, (0,), shuffled=True)
+    return {k: round(v, 4) for k, v in true.items()} | {
+        "shuffled": {k: round(v, 4) for k, v in shuffled.items()},
+        "answer_loss": round(loss, 4), "shuffled_answer_loss": round(control, 4),
+        "loss_ratio": round(control / loss, 2)}
 
 
 def evaluate_shift(model: MolmoLite, examples: Sequence[Example]) -> dict:
@@ -629,6 +653,26 @@ def head_pooling(model: MolmoLite, config: EyesConfig, scenes: int) -> dict:
 
 
 @torch.no_grad()
+def fit_feature_basis(model: MolmoLite, config: EyesConfig, scenes: int = 128) -> torch.Tensor:
+    """Set ``model.connector.feature_basis``: the ``config.feature_dims`` main directions of the ViT's normalised
+    patch features, each divided by its RMS (whitened), fitted on ``scenes`` pointing scenes and as many clocks of
+    the training distribution (a seed stream of their own; a second or two). The connector then hands on each
+    patch's coordinates along them beside its cell decisions: e52 handed on all 192 channels, which a random start
+    of the pooling (96 wide) mixes into the decisions. -> the share of the features' energy the basis keeps."""
+    rng = np.random.default_rng(split_seed(config.seed + 1000, "train"))
+    examples = [pointing_example(rng, size=config.scene_size) for _ in range(scenes)]
+    examples += [clocks.clock_example(rng, size=config.scene_size) for _ in range(scenes)]
+    crops = torch.cat([model.processor(ex.image).crops for ex in examples])
+    dim = model.connector.config.input_dim
+    x = F.layer_norm(model.vision.features(crops), (dim,)).reshape(-1, dim)
+    _, s, v = torch.linalg.svd(x, full_matrices=False)
+    k = config.feature_dims
+    rms = s[:k] / math.sqrt(x.shape[0])
+    model.connector.feature_basis.copy_(v[:k].T / rms)
+    return (s[:k] ** 2).sum() / (s ** 2).sum()
+
+
+@torch.no_grad()
 def linear_projector(connector: Connector, gate: float = 0.5) -> None:
     """Start Molmo's SwiGLU projector, w2(silu(w1 p) * w3 p), as a linear map of the pooled vector p: the pooling's
     last value channel becomes a constant 1 (its bias) that wo passes to the last pooled channel alone, and the gate
@@ -808,6 +852,8 @@ def build_model(config: EyesConfig) -> MolmoLite:
             slot_pooling(model.connector.pool, grid)
     elif config.slot_pooling:
         raise ValueError("slot_pooling reads the oracle's cell features: it needs eyes='oracle'")
+    if config.feature_dims:
+        fit_feature_basis(model, config)
     if config.linear_projector:
         linear_projector(model.connector, config.linear_projector)
     if config.uniform_pooling:
@@ -853,6 +899,9 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
 
     def draw() -> tuple[Example, ImageInputs]:
         drawn[0] += 1
+        if config.clock_rate and rng.random() < config.clock_rate:
+            ex = clocks.clock_example(rng, size=config.scene_size)
+            return ex, seen_image(model, config, ex)
         ex = pointing_example(rng, size=int(rng.choice(config.scene_sizes)) if config.scene_sizes
                               else config.scene_size, max_count=config.max_count,
                               max_distractors=config.max_distractors)
@@ -876,6 +925,7 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
         which = asked(rng, len(examples) // q, q, config.annotations)
         if config.caption_rate:
             which = [CAPTION if rng.random() < config.caption_rate else k for k in which]
+        which = [0 if ex.task == "clocks" else k for ex, k in zip(examples, which)]  # a clock's one question
         batch = build_batch(model, examples, which, [image for _, image in scenes], rng)
         loss = backward_in_chunks(batch, config.micro_batches, lambda part: forward(model, part))
         return loss, int(batch["targets"].ne(IGNORE_INDEX).sum())
@@ -892,6 +942,10 @@ def train_eyes(config: EyesConfig, minutes: float | None = None, steps: int | No
     shifted_56 = evaluate_shift(model, seen(model, config, shifted_pointing_examples(len(held), 0, size=56)))
     if config.cell_decisions:  # how much of a miss is the eyes': a perfect reader of the same decisions
         trained["reader_ceiling"] = reader_ceiling(model, held)
+    if config.clock_rate:
+        trained["clocks"] = evaluate_clocks(model, clocks.clock_examples(len(held), 0, "heldout", config.scene_size))
+        if log:
+            log(f"clocks: {trained['clocks']}")
     return {"config": asdict(config)} | trained | {
         "wall_minutes": round((time.perf_counter() - start) / 60, 2), "scenes_drawn": drawn[0], "heldout": len(held),
         "final": final,

@@ -163,23 +163,32 @@ class PackedExample:
 
 
 def pack(tokenizer: Any, annotations: Sequence[Sequence[Turn]], image_tokens: Sequence[str] = (),
-         weighting: str = "root_subsegments") -> PackedExample:
+         weighting: str = "root_subsegments", question_first: bool = False) -> PackedExample:
     """[BOS] + image tokens + annotation 1 + ... + annotation N as one sequence (see the module docstring).
 
     image_tokens: the image's token strings (``ImageInputs.tokens``), empty for a text-only example.
     weighting: "root_subsegments" (Molmo's SFT: answer tokens weigh sqrt(1/N)) or "none" (weight 1).
+    question_first: one annotation only, its first prompt before the image as ``generation_prompt_ids`` lays it out
+    (``MolmoConfig.question_first``); the prefix is then [BOS] + question + image tokens (+ " Assistant:").
     """
     if weighting not in ("root_subsegments", "none"):
         raise ValueError(f"weighting must be 'root_subsegments' or 'none', got {weighting!r}")
     if not annotations:
         raise ValueError("need at least one annotation")
     weight = math.sqrt(1 / len(annotations)) if weighting == "root_subsegments" else 1.0
-    ids = [tokenizer.bos_id] + [tokenizer.token_to_id(t) for t in image_tokens]
+    pieces = [annotation_pieces(turns) for turns in annotations]
+    if question_first and image_tokens:
+        if len(annotations) != 1:
+            raise ValueError("question_first puts the question before the image: one annotation per sequence")
+        ids = generation_prompt_ids(tokenizer, pieces[0][0][0], image_tokens, question_first=True)
+        pieces[0] = pieces[0][1:]
+    else:
+        ids = [tokenizer.bos_id] + [tokenizer.token_to_id(t) for t in image_tokens]
     n_prefix = len(ids)
     segments, positions, weights = [IMAGE_SEGMENT] * n_prefix, list(range(n_prefix)), [0.0] * n_prefix
-    for k, turns in enumerate(annotations, start=1):
+    for k, turns in enumerate(pieces, start=1):
         start = len(ids)
-        for text, has_loss in annotation_pieces(turns):
+        for text, has_loss in turns:
             piece = tokenizer.encode(text) + ([tokenizer.eos_id] if has_loss else [])
             ids += piece
             weights += [weight if has_loss else 0.0] * len(piece)

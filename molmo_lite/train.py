@@ -84,13 +84,77 @@ def freeze_groups(model: MolmoLite, config: TrainConfig) -> None:
                 p.requires_grad_(False)
 
 
-def build_optimizer(model: MolmoLite, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with one param group per Molmo group (frozen groups left out and set to requires_grad=False)."""
+def hidden_matrices(model: torch.nn.Module) -> set[int]:
+    """ids of the weight of every ``nn.Linear``: the matrices Muon is meant for (the blocks' projections, the
+    connector's, the ViT's; not embeddings, norms, biases or convolutions)."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+
+
+class Optimizers:
+    """Several optimizers stepped as one (Muon for the hidden matrices, AdamW for the rest): ``param_groups`` lists
+    theirs in order, and ``state_dict`` numbers the parameters across all of them, as one optimizer would, so that
+    ``named_optimizer_state`` and exact resume work unchanged."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        state, groups, offset = {}, [], 0
+        for opt in self.optimizers:
+            saved = opt.state_dict()
+            state.update({i + offset: s for i, s in saved["state"].items()})
+            groups += [{**g, "params": [i + offset for i in g["params"]]} for g in saved["param_groups"]]
+            offset += sum(len(g["params"]) for g in opt.param_groups)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        offset, first = 0, 0
+        for opt in self.optimizers:
+            n, k = sum(len(g["params"]) for g in opt.param_groups), len(opt.param_groups)
+            opt.load_state_dict({
+                "state": {i - offset: s for i, s in state_dict["state"].items() if offset <= i < offset + n},
+                "param_groups": [{**g, "params": [i - offset for i in g["params"]]}
+                                 for g in state_dict["param_groups"][first:first + k]]})
+            offset, first = offset + n, first + k
+
+
+def build_optimizer(model: MolmoLite, config: TrainConfig) -> torch.optim.Optimizer | Optimizers:
+    """AdamW with one param group per Molmo group (frozen groups left out and set to requires_grad=False); with
+    ``config.optimizer == "muon"``, torch's Muon (its update's size matched to AdamW's) for each group's hidden
+    matrices (``hidden_matrices``) and AdamW for the rest of it, stepped together (``Optimizers``)."""
+    if config.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {config.optimizer!r}")
     freeze_groups(model, config)
-    groups = [{"params": params, "name": name, "lr": getattr(config, f"lr_{name}"),
-               "peak_lr": getattr(config, f"lr_{name}"), "warmup": getattr(config, f"warmup_{name}")}
-              for name, params in parameter_groups(model).items() if name not in config.freeze]
-    return torch.optim.AdamW(groups, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+    matrices = hidden_matrices(model) if config.optimizer == "muon" else set()
+    groups: dict[bool, list[dict]] = {True: [], False: []}
+    for name, params in parameter_groups(model).items():
+        if name in config.freeze:
+            continue
+        for is_matrix in (True, False):
+            chosen = [p for p in params if (id(p) in matrices) == is_matrix]
+            if chosen:
+                groups[is_matrix].append({"params": chosen, "name": name, "lr": getattr(config, f"lr_{name}"),
+                                          "peak_lr": getattr(config, f"lr_{name}"),
+                                          "warmup": getattr(config, f"warmup_{name}")})
+    adamw = [torch.optim.AdamW(groups[False], betas=config.betas, eps=config.eps,
+                               weight_decay=config.weight_decay)] if groups[False] else []
+    if not groups[True]:
+        return adamw[0]
+    muon = torch.optim.Muon(groups[True], lr=config.lr_llm, weight_decay=config.weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    return Optimizers([muon, *adamw])
 
 
 def set_learning_rates(optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> dict[str, float]:
@@ -183,8 +247,11 @@ def step_examples(data: StageData, model: MolmoLite, config: TrainConfig, step: 
     local = config.batch_size * config.grad_accum
     examples = data.draw(rng, local * world_size, step=step)
     weighting = config.packing_weights or ("root_subsegments" if config.stage == "sft" else "none")
+    if config.rows not in ("packed", "one"):
+        raise ValueError(f"config.rows must be 'packed' or 'one', got {config.rows!r}")
     return [encode_example(examples[i], model.processor, model.tokenizer, np.random.default_rng((config.seed, step, i)),
-                           weighting) for i in range(rank * local, (rank + 1) * local)]
+                           weighting, one=config.rows == "one", question_first=model.config.question_first)
+            for i in range(rank * local, (rank + 1) * local)]
 
 
 def step_batches(data: StageData, model: MolmoLite, config: TrainConfig, step: int, rank: int = 0,
@@ -206,7 +273,7 @@ class StepBatches(torch.utils.data.Dataset):
     def __init__(self, data: StageData, model: MolmoLite, config: TrainConfig, steps: range, rank: int = 0,
                  world_size: int = 1):
         # The workers need the processor and the tokenizer, not the weights (which may live on a GPU).
-        self.encoders = _Encoders(model.processor, model.tokenizer)
+        self.encoders = _Encoders(model.processor, model.tokenizer, model.config)
         self.data, self.config, self.steps, self.rank, self.world_size = data, config, steps, rank, world_size
 
     def __len__(self) -> int:
@@ -220,6 +287,7 @@ class StepBatches(torch.utils.data.Dataset):
 class _Encoders:
     processor: Any
     tokenizer: Any
+    config: Any
 
 
 def loader_workers(device: torch.device, requested: int | None = None) -> int:
@@ -714,26 +782,44 @@ def stage_data(config: TrainConfig, split: str = "train", n: int | None = None,
 
 def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None,
                preprocessor: Mapping[str, Any] | None = None, lm_kinds: Sequence[str] | None = None,
-               vit_scenes: str = "simple", vit_steps: int = 600) -> MolmoLite:
+               vit_scenes: str = "simple", vit_steps: int = 600, eyes: Mapping[str, Any] | None = None,
+               lm: str = "pretrained") -> MolmoLite:
     """The tiny Molmo as Molmo starts: the CLIP-pretrained tiny ViT (chapter 02) and the pretrained tiny LM
     (chapter 04), loaded from checkpoints/ or trained first if missing, and a fresh connector. connector: fields of
     the tiny ConnectorConfig to change (e.g. {"feature_norm": 0, "init_scale": 1.0}, Molmo's own connector);
     preprocessor: fields of the tiny PreprocessorConfig to change (e.g. {"overlap_margins": (0, 0)}); lm_kinds: the
     LM pre-trained on only these kinds of corpus lines (molmo_lite.data.corpus.KINDS; default all of them);
-    vit_scenes / vit_steps: the tiny CLIP's pre-training images (clip_pretrain.ENCODER_SCENES) and steps."""
+    vit_scenes / vit_steps: the tiny CLIP's pre-training images (clip_pretrain.ENCODER_SCENES) and steps.
+    eyes: instead, the image path of chapter 10's pointing harness (fields of ``pointing_only.EyesConfig``: its
+    geometry, a shipped ViT under data_samples/backbones/ with its cell head, the projector's start;
+    ``pointing_only.build_model``); lm: "pretrained" (chapter 04's tiny LM) or "random" (the harness's start)."""
     from dataclasses import replace
 
     from .clip_pretrain import tiny_encoder
     from .config import MOLMO_PRESETS
     from .lm_pretrain import tiny_lm
 
+    if lm not in ("pretrained", "random"):
+        raise ValueError(f"lm must be 'pretrained' or 'random', got {lm!r}")
+    if eyes is not None:
+        from .pointing_only import EyesConfig, build_model as build_eyes_model
+
+        fields = dict(eyes)
+        if fields.get("vision_init") and not Path(fields["vision_init"]).exists():  # relative to the repository
+            fields["vision_init"] = str(Path(__file__).resolve().parents[1] / fields["vision_init"])
+        torch.manual_seed(seed)
+        model = build_eyes_model(EyesConfig(**fields, seed=seed))
+        if lm == "pretrained":
+            llm = tiny_lm()
+            model.llm.load_state_dict(llm.state_dict(), strict=llm.config.additional_vocab > 0)
+        return model
     config = MOLMO_PRESETS["tiny"]
     if connector:
         config = replace(config, connector=replace(config.connector, **connector))
     if preprocessor:
         config = replace(config, preprocessor=replace(config.preprocessor, **preprocessor))
     vision = tiny_encoder(steps=vit_steps, scenes=vit_scenes)  # defaults: chapter 02's checkpoints/tiny_vit
-    llm = tiny_lm() if lm_kinds is None else tiny_lm(kinds=tuple(lm_kinds))
+    llm = None if lm == "random" else tiny_lm() if lm_kinds is None else tiny_lm(kinds=tuple(lm_kinds))
     torch.manual_seed(seed)
     return MolmoLite.from_parts(config, vision=vision, llm=llm)
 

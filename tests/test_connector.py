@@ -298,3 +298,26 @@ def test_molmo2_adapter_mapping_covers_every_parameter_but_the_pad_embedding():
 
 def test_connector_docstring_example_runs():
     assert doctest.testmod(molmo_lite.connector).failed == 0
+
+
+def test_decision_features_hand_on_what_the_cell_head_does_not_decide():
+    """With a head that calls every patch empty, two images differ only in their features: the connector's tokens
+    are the same without ``decision_features`` and differ with it; the pooling reads decisions + features."""
+    base = ConnectorConfig(input_dim=16, pool_dim=8, heads=2, head_dim=4, hidden_dim=32, llm_dim=12,
+                           cell_decisions=(3, 2, 2))
+    a, b = torch.randn(1, 4, 16), torch.randn(1, 4, 16)
+    idx = torch.arange(4)[:, None]
+    outputs = {}
+    for scale in (0.0, 0.5):
+        torch.manual_seed(0)
+        connector = Connector(replace(base, decision_features=scale))
+        with torch.no_grad():
+            connector.decide.head.weight.zero_()
+            connector.decide.head.bias.zero_()
+            connector.decide.head.bias[3] = 5.0  # colour "empty" everywhere
+            outputs[scale] = (connector(a, idx), connector(b, idx))
+        assert connector.pool.wk.in_features == connector.decide.out_dim + (16 if scale else 0)
+    torch.testing.assert_close(*outputs[0.0])
+    assert not torch.allclose(*outputs[0.5])
+    with pytest.raises(ValueError, match="cell_decisions"):
+        Connector(replace(base, cell_decisions=(), decision_features=0.5))

@@ -817,3 +817,36 @@ def test_softmax_readouts_decide_colour_or_empty_for_most_cells():
     assert heads["colour_head"].out_features == 9 and heads["shape_head"].out_features == 3
     assert not any(p.requires_grad for h in heads.values() for p in h.parameters())
     assert fit["cell_acc"] > 0.93 and fit["false_occupied"] < 0.05 and 0 <= fit["missed"] < 0.3
+
+
+def test_the_feature_basis_whitens_the_fitted_features_and_is_saved_with_the_model(tmp_path):
+    """feature_dims: the connector keeps each patch's coordinates on the features' main directions, whitened (unit
+    RMS, uncorrelated on the features it was fitted on, the largest first), beside the cell decisions; the basis is
+    a buffer of the model, read back by from_pretrained."""
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    from molmo_lite.clip_pretrain import save_encoder
+    from molmo_lite.data import clocks
+    from molmo_lite.data.examples import split_seed
+    from molmo_lite.pointing_only import CELL_HEAD_FILE, fit_feature_basis
+
+    vit = build_model(EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1))).vision
+    save_encoder(vit, tmp_path / "vit", {})
+    save_file({"weight": torch.randn(cell_head_size(8), 192) * 0.1, "bias": torch.zeros(cell_head_size(8))},
+              str(tmp_path / "vit" / CELL_HEAD_FILE))
+    config = EyesConfig(patch_size=7, crop_mode="resize", pooling=(1, 1), lr_vit=0.0, cell_decisions=True,
+                        vision_init=str(tmp_path / "vit"), decision_features=0.5, feature_dims=6)
+    model = build_model(config)
+    assert model.connector.pool.wk.in_features == model.connector.decide.out_dim + 6
+    kept = fit_feature_basis(model, config, scenes=8)  # refitted on 8 scenes and 8 clocks, checked on them below
+    assert 0 < float(kept) < 1
+    rng = np.random.default_rng(split_seed(config.seed + 1000, "train"))
+    examples = [pointing_example(rng, size=56) for _ in range(8)] + [clocks.clock_example(rng, 56) for _ in range(8)]
+    with torch.no_grad():
+        x = F.layer_norm(model.vision.features(torch.cat([model.processor(e.image).crops for e in examples])), (192,))
+        coords = x.reshape(-1, 192) @ model.connector.feature_basis
+    torch.testing.assert_close(coords.T @ coords / coords.shape[0], torch.eye(6), atol=1e-3, rtol=0)
+    model.save_pretrained(tmp_path / "model")
+    loaded = MolmoLite.from_pretrained(tmp_path / "model")
+    torch.testing.assert_close(loaded.connector.feature_basis, model.connector.feature_basis)

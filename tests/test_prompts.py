@@ -71,6 +71,25 @@ def test_pack_writes_the_sequence_by_hand():
     assert pack(tok, [[("Q", "a")], [("R", "bc")]], image, weighting="none").loss_weights.max() == 1.0
 
 
+def test_pack_question_first_puts_the_question_before_the_image():
+    """One annotation, its question before the image and " Assistant:" after it, as ``generation_prompt_ids`` lays
+    out a prompt at inference: the training row is that prompt plus the answer and EOS, the loss on those only."""
+    tok = CharTokenizer()
+    image = ["<im_start>", "<im_patch>", "<im_patch>", "<im_col>", "<im_end>"]
+    packed = pack(tok, [[("Q Assistant:", "a")]], image, question_first=True)
+    seq = [1] + tok.encode("Q") + [2, 4, 4, 5, 3] + tok.encode(" Assistant:") + tok.encode(" a") + [1]
+    assert packed.input_ids.tolist() == seq[:-1]
+    n_prefix = len(seq) - 3  # BOS, question, image, " Assistant:"
+    assert packed.n_prefix == n_prefix and packed.n_annotations == 1
+    weights = [0.0] * (n_prefix - 1) + [1.0, 1.0, 1.0]  # " ", "a", EOS
+    assert packed.loss_weights.tolist() == weights
+    assert packed.target_ids.tolist() == [t if w else IGNORE_INDEX for t, w in zip(seq[1:], weights)]
+    assert pack(tok, [[("Q Assistant:", "a")]], (), question_first=True).input_ids.tolist() == \
+        pack(tok, [[("Q Assistant:", "a")]], ()).input_ids.tolist()  # no image: nothing to put the question before
+    with pytest.raises(ValueError, match="one annotation"):
+        pack(tok, [[("Q", "a")], [("R", "bc")]], image, question_first=True)
+
+
 def test_pack_refuses_an_answer_without_prompt():
     with pytest.raises(ValueError, match="prompt"):
         pack(CharTokenizer(), [[("", "a caption")]])

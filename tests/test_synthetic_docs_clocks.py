@@ -306,3 +306,16 @@ def test_cache_key_changes_with_what_the_picture_shows(tmp_path):
     assert len(list(tmp_path.glob("*.png"))) == 6
     assert same_examples(pies, chart_examples(3, seed=5, size=96, kinds=("pie",)))
     assert any_image_differs(bars, pies)
+
+
+def test_the_clock_score_counts_the_hour_on_a_twelve_hour_dial_whatever_the_minutes():
+    from molmo_lite.evaluate import score
+
+    examples = clock_examples(4, 0, "heldout", 56)
+    hours = [ex.meta["hour"] for ex in examples]
+    answers = [f"{hours[0]}:{(examples[0].meta['minute'] + 30) % 60:02d}",  # hour right, minutes far off
+               f"{hours[1] % 12 + 12}:{(examples[1].meta['minute'] + 1) % 60:02d}",  # the hour on a 24-hour dial
+               f"{hours[2] % 12 + 1}:{examples[2].meta['minute']:02d}",     # the minutes right, the hour off
+               "half past"]                                                   # no time at all
+    got = score("clocks", examples, answers)
+    assert got["hour"] == 0.5 and got["exact"] == 0.0

@@ -13,14 +13,17 @@ from molmo_lite.evaluate import evaluate, heldout_sets, metrics_table
 from molmo_lite.model import MolmoLite, answer_loss
 from molmo_lite.train import (
     NonFiniteLossError,
+    Optimizers,
     StageData,
     Trainer,
+    build_optimizer,
     latest_checkpoint,
     lr_factor,
     parameter_groups,
     batch_stream,
     stage_data,
     step_batches,
+    step_examples,
 )
 
 
@@ -201,3 +204,77 @@ def test_saving_never_deletes_the_checkpoint_it_just_wrote(tmp_path):
     assert read_training_state(latest_checkpoint(tmp_path))[2] == 3
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000002", "step_000003", "step_000100",
                                                              "step_000200"]
+
+
+def _question_first_model(seed: int) -> MolmoLite:
+    from dataclasses import replace
+
+    from molmo_lite.config import MOLMO_PRESETS
+
+    torch.manual_seed(seed)
+    return MolmoLite(replace(MOLMO_PRESETS["tiny"], question_first=True))
+
+
+def test_a_muon_run_of_one_annotation_per_row_resumes_exactly(tmp_path, tiny_data):
+    """The oracle's recipe in the trainer (Muon for the hidden matrices, AdamW for the rest; one annotation per row,
+    its question before the image): killed after 3 steps and resumed, it ends with the weights of a run that never
+    stopped, the Muon momentum and the AdamW moments both read back by parameter name."""
+    config = _config(optimizer="muon", rows="one", residual_dropout=0.0)
+    whole = Trainer(_question_first_model(0), config, tiny_data, tmp_path / "whole", progress=False)
+    assert isinstance(whole.optimizer, Optimizers)
+    whole.fit()
+    Trainer(_question_first_model(0), config, tiny_data, tmp_path / "split", progress=False).fit(stop_after=3)
+    second = Trainer(_question_first_model(1), config, tiny_data, tmp_path / "split", progress=False)
+    second.fit(resume=True)
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in whole.history] == [h["loss"] for h in second.history]
+
+
+def test_muon_takes_exactly_the_linear_weights_of_the_groups_that_train():
+    model = MolmoLite("tiny")
+    optimizer = build_optimizer(model, _config(optimizer="muon", freeze=("vit",)))
+    muon, adamw = optimizer.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    linear = {id(m.weight) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and not name.startswith("vision.")}
+    assert in_muon == linear and not in_muon & in_adamw
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert in_muon | in_adamw == trainable and not any(p.requires_grad for p in model.vision.parameters())
+    assert {g["name"] for g in muon.param_groups} == {"connector", "llm"}
+    with pytest.raises(ValueError, match="optimizer"):
+        build_optimizer(model, _config(optimizer="sgd"))
+
+
+def test_one_annotation_rows_draw_one_of_the_examples_annotations(tiny_data):
+    model = _question_first_model(0)
+    config = _config(rows="one")
+    for step in range(3):
+        for packed, _ in step_examples(tiny_data, model, config, step):
+            assert packed.n_annotations == 1 and set(packed.loss_weights[packed.loss_weights > 0].tolist()) == {1.0}
+
+
+def test_the_image_path_cannot_silently_break(tmp_path):
+    """The course's image path and recipe (CLAIM_EYES, Muon, the question first, one annotation per row) on scenes
+    of one object, 120 steps: the answer loss of held-out scenes with their own images ends clearly below the loss
+    with each scene's question asked of another scene's image. If the image stopped reaching the LLM (a broken
+    preprocessor, connector or token layout), the two would be equal."""
+    from functools import partial
+
+    from molmo_lite.config import CLAIM_EYES
+    from molmo_lite.data.examples import examples_of
+    from molmo_lite.data.synthetic import pointing_example
+    from molmo_lite.evaluate import answer_loss, shuffled_images
+    from molmo_lite.train import tiny_model
+
+    one = partial(pointing_example, size=56, min_count=1, max_count=1, max_distractors=0)
+    model = tiny_model(0, eyes=CLAIM_EYES, lm="random")
+    config = TrainConfig(stage="sft", steps=120, batch_size=8, grad_accum=2, optimizer="muon", rows="one",
+                         freeze=("vit", "connector"), lr_llm=1e-3, warmup_llm=20, sort_by_length=True, log_every=20,
+                         save_every=10**6)
+    Trainer(model, config, StageData({"pointing": one}), tmp_path, progress=False).fit()
+    held = examples_of(one, 48, 0, "heldout")
+    true, shuffled = answer_loss(model, held, "pointing"), answer_loss(model, shuffled_images(held), "pointing")
+    assert shuffled > 1.25 * true, (true, shuffled)

@@ -111,14 +111,21 @@ def collate_packed(examples: Sequence[tuple[PackedExample, ImageInputs | None]],
 
 
 def encode_example(example: Example, processor: Any, tokenizer: Any, rng: np.random.Generator | None = None,
-                   weighting: str = "root_subsegments", shuffle: bool = True) -> tuple[PackedExample, ImageInputs | None]:
+                   weighting: str = "root_subsegments", shuffle: bool = True, one: bool = False,
+                   question_first: bool = False) -> tuple[PackedExample, ImageInputs | None]:
     """Preprocess the image, format every annotation (``prompts.format_messages``: style prefixes and caption hints
-    drawn from rng), shuffle their order (Molmo does in SFT) and pack them into one sequence."""
-    annotations = [format_messages(messages, rng) for messages in example.messages]
-    if shuffle and rng is not None:
+    drawn from rng), shuffle their order (Molmo does in SFT) and pack them into one sequence. one: a single
+    annotation, drawn with rng (the first without one), weight 1; question_first: its question before the image
+    (``prompts.pack``; one annotation only)."""
+    if one:
+        k = 0 if rng is None else int(rng.integers(len(example.messages)))
+        annotations, weighting = [format_messages(example.messages[k], rng)], "none"
+    else:
+        annotations = [format_messages(messages, rng) for messages in example.messages]
+    if shuffle and rng is not None and not one:
         annotations = [annotations[int(i)] for i in rng.permutation(len(annotations))]
     image = None if example.image is None else processor(example.image)
-    return pack(tokenizer, annotations, () if image is None else image.tokens, weighting), image
+    return pack(tokenizer, annotations, () if image is None else image.tokens, weighting, question_first), image
 
 
 def unpack(examples: Sequence[Example]) -> list[Example]:
