@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job: the tiny encoder and LM of chapters 02/04 if not cached, stage 1 (captions), stage 2 (SFT
-# mixture), held-out evaluation; writes runs/tiny/ (checkpoints, report.json, loss curves, predictions.png).
+# The main job: the tiny Molmo on the shipped claim ViT (data_samples/backbones/vit_p7_claim2), stage 1 (captions),
+# stage 2 (SFT mixture), held-out evaluation; writes runs/tiny/ (checkpoints, report.json, loss curves,
+# predictions.png).
 run: $(STAMP)
 	$(PY) -m molmo_lite run --out runs/tiny
 

@@ -189,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     from molmo_lite.config import TRAIN_PRESETS
     from molmo_lite.train import run_course
 
-    caption, sft = TRAIN_PRESETS["tiny-caption"], TRAIN_PRESETS["tiny-sft"]
+    caption, sft = TRAIN_PRESETS["course-caption"], TRAIN_PRESETS["course-sft"]
     if args.quick:  # every code path, a few steps: for CI and a first try
         caption, sft = replace(caption, steps=4, examples=16), replace(sft, steps=4, examples=16)
     run_course(args.out, caption, sft, eval_examples=8 if args.quick else args.eval_examples, resume=args.resume,

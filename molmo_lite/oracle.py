@@ -49,7 +49,6 @@ from .pointing import (
 )
 from .prompts import IGNORE_INDEX, format_messages, generation_prompt_ids, pack, subsegment_mask
 from .tokenizer import MolmoTokenizer
-from .train import hidden_matrices
 
 COUNT_BUCKETS = ((0, 0), (1, 3), (4, 7), (8, 10))  # F1 by the number of targets in the scene
 
@@ -476,6 +475,12 @@ def lr_at(config: OracleConfig, step: int, progress: float) -> float:
     """Linear warmup over ``config.warmup`` steps, then cosine from lr to final_lr * lr as progress goes 0 -> 1."""
     cosine = config.final_lr + (1 - config.final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr * min(1.0, (step + 1) / config.warmup) * cosine
+
+
+def hidden_matrices(model: nn.Module) -> set[int]:
+    """ids of the weight of every ``nn.Linear``: the matrices Muon is meant for (the blocks' projections, the
+    connector's, the ViT's; not embeddings, norms, biases or convolutions)."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
 
 
 def build_optimizer(model: nn.Module, config, lr_by_prefix: dict[str, float] | None = None

@@ -84,12 +84,6 @@ def freeze_groups(model: MolmoLite, config: TrainConfig) -> None:
                 p.requires_grad_(False)
 
 
-def hidden_matrices(model: torch.nn.Module) -> set[int]:
-    """ids of the weight of every ``nn.Linear``: the matrices Muon is meant for (the blocks' projections, the
-    connector's, the ViT's; not embeddings, norms, biases or convolutions)."""
-    return {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
-
-
 class Optimizers:
     """Several optimizers stepped as one (Muon for the hidden matrices, AdamW for the rest): ``param_groups`` lists
     theirs in order, and ``state_dict`` numbers the parameters across all of them, as one optimizer would, so that
@@ -133,7 +127,9 @@ class Optimizers:
 def build_optimizer(model: MolmoLite, config: TrainConfig) -> torch.optim.Optimizer | Optimizers:
     """AdamW with one param group per Molmo group (frozen groups left out and set to requires_grad=False); with
     ``config.optimizer == "muon"``, torch's Muon (its update's size matched to AdamW's) for each group's hidden
-    matrices (``hidden_matrices``) and AdamW for the rest of it, stepped together (``Optimizers``)."""
+    matrices (``oracle.hidden_matrices``) and AdamW for the rest of it, stepped together (``Optimizers``)."""
+    from .oracle import hidden_matrices
+
     if config.optimizer not in ("adamw", "muon"):
         raise ValueError(f"optimizer must be 'adamw' or 'muon', got {config.optimizer!r}")
     freeze_groups(model, config)
@@ -249,8 +245,10 @@ def step_examples(data: StageData, model: MolmoLite, config: TrainConfig, step: 
     weighting = config.packing_weights or ("root_subsegments" if config.stage == "sft" else "none")
     if config.rows not in ("packed", "one"):
         raise ValueError(f"config.rows must be 'packed' or 'one', got {config.rows!r}")
+    # the model's layout; a stand-in with only a processor and a tokenizer (chapter 12's checks) lays out Molmo's
+    question_first = getattr(getattr(model, "config", None), "question_first", False)
     return [encode_example(examples[i], model.processor, model.tokenizer, np.random.default_rng((config.seed, step, i)),
-                           weighting, one=config.rows == "one", question_first=model.config.question_first)
+                           weighting, one=config.rows == "one", question_first=question_first)
             for i in range(rank * local, (rank + 1) * local)]
 
 
@@ -852,13 +850,13 @@ def run_course(out_dir: str | Path = "runs/tiny", caption: TrainConfig | None = 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    caption = caption or TRAIN_PRESETS["tiny-caption"]
-    sft = sft or TRAIN_PRESETS["tiny-sft"]
+    caption = caption or TRAIN_PRESETS["course-caption"]
+    sft = sft or TRAIN_PRESETS["course-sft"]
     cache = out / "docs_cache"
     times: dict[str, float] = {}
     start = time.perf_counter()
     model = tiny_model(caption.seed, **TINY_RUN_MODEL)
-    times["pretrained parts (chapters 02, 04)"] = time.perf_counter() - start
+    times["model (shipped claim ViT, random LLM)"] = time.perf_counter() - start
     for name, config in (("caption", caption), ("sft", sft)):
         t = time.perf_counter()
         log(f"stage {name}: {config.steps} steps of {config.batch_size} x {config.grad_accum} sequences")
