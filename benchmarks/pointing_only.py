@@ -289,6 +289,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                               "channels fit the pooling's 96 without being mixed into each other",
                               CLAIM2 | {"lr_connector": 0.0, "final_lr": 0.1, "decision_features": 0.5,
                                         "feature_dims": 16, "clock_rate": 0.25}),
+    "e56-e55-fainter-basis": ("e55 with the 16 components at 0.2 (about 0.8 of norm against the decisions' 2): "
+                              "the clocks from the basis with less of e55's cost to the pointing?",
+                              CLAIM2 | {"lr_connector": 0.0, "final_lr": 0.1, "decision_features": 0.2,
+                                        "feature_dims": 16, "clock_rate": 0.25}),
 }
 DEFAULT = "e51-claim2-frozen-connector-anneal"  # the real path nearest the target (docs/recipes.md)
 
