@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine_info, replace_block
-from molmo_lite.config import CLAIM_EYES
+from molmo_lite.config import CLAIM_EYES, TRAIN_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "recipes.json"
@@ -69,10 +69,9 @@ PACKED_SFT = dict(V0_SFT, data="fresh", pack_examples=True, **FAST_LRS)
 # (the shipped claim ViT `vit_p7_claim2`, one token per 7 px cell in single-crop mode, its cell decisions in the
 # connector, the projector started linear); ViT and connector frozen. The recipe: the oracle's o16 (Muon for the
 # hidden matrices, the question before the image, one annotation per row, a step's rows sorted by length in two
-# chunks), the LLM at 1e-3 annealed to a tenth.
-O16_CAPTION = dict(stage="caption", data="fresh", optimizer="muon", rows="one", freeze=("vit", "connector"),
-                   lr_llm=1e-3, warmup_llm=50, batch_size=8, grad_accum=2, sort_by_length=True, examples=3000)
-O16_SFT = dict(O16_CAPTION, stage="sft", rates=(("pointing", 0.6), ("clocks", 0.15)))
+# chunks), the LLM at 1e-3 annealed to a tenth: `make run`'s presets, their steps calibrated here.
+O16_CAPTION, O16_SFT = ({k: v for k, v in TRAIN_PRESETS[f"course-{stage}"].to_dict().items() if k != "steps"}
+                        for stage in ("caption", "sft"))
 
 RECIPES: dict[str, Recipe] = {
     "v0-course": Recipe("Molmo's stages at tiny scale: pools of 3000 images, Molmo's connector as is",

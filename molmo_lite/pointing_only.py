@@ -828,16 +828,16 @@ def use_readout_eyes(model: MolmoLite, config: EyesConfig) -> dict:
     return {k: v for k, v in fit.items() if k not in ("weight", "bias", "heads")}
 
 
-def build_model(config: EyesConfig) -> MolmoLite:
-    """The tiny Molmo of ``config``: its ViT from ``vision_init`` when given, the rest from a random start (the
-    attention pooling's query projection at 0 with ``uniform_pooling``); with oracle eyes, ``OracleEyes`` and a
-    connector reading their features."""
+def build_model(config: EyesConfig, llm: torch.nn.Module | None = None) -> MolmoLite:
+    """The tiny Molmo of ``config``: its ViT from ``vision_init`` when given, its LLM from ``llm`` when given
+    (``MolmoLite.from_parts``), the rest from a random start (the attention pooling's query projection at 0 with
+    ``uniform_pooling``); with oracle eyes, ``OracleEyes`` and a connector reading their features."""
     if config.eyes not in EYES:
         raise ValueError(f"eyes must be one of {EYES}, got {config.eyes!r}")
     if config.eyes.startswith("readout") and not (config.readout_init and config.pooling == (1, 1)):
         raise ValueError("read-out eyes are fitted on readout_init scenes, one patch per token: pooling (1, 1)")
     vision = load_encoder(Path(config.vision_init)) if config.vision_init else None
-    model = MolmoLite.from_parts(config.molmo_config(), vision=vision)
+    model = MolmoLite.from_parts(config.molmo_config(), vision=vision, llm=llm)
     if config.pooling_init:
         model.connector.pool.load_state_dict(load_file(str(Path(config.pooling_init) / POOLING_FILE)))
     if config.cell_decisions:  # the cell objective's head, saved beside its ViT, decides each cell

@@ -245,10 +245,8 @@ def step_examples(data: StageData, model: MolmoLite, config: TrainConfig, step: 
     weighting = config.packing_weights or ("root_subsegments" if config.stage == "sft" else "none")
     if config.rows not in ("packed", "one"):
         raise ValueError(f"config.rows must be 'packed' or 'one', got {config.rows!r}")
-    # the model's layout; a stand-in with only a processor and a tokenizer (chapter 12's checks) lays out Molmo's
-    question_first = getattr(getattr(model, "config", None), "question_first", False)
     return [encode_example(examples[i], model.processor, model.tokenizer, np.random.default_rng((config.seed, step, i)),
-                           weighting, one=config.rows == "one", question_first=question_first)
+                           weighting, one=config.rows == "one", question_first=model.config.question_first)
             for i in range(rank * local, (rank + 1) * local)]
 
 
@@ -805,12 +803,9 @@ def tiny_model(seed: int = 0, connector: Mapping[str, Any] | None = None,
         fields = dict(eyes)
         if fields.get("vision_init") and not Path(fields["vision_init"]).exists():  # relative to the repository
             fields["vision_init"] = str(Path(__file__).resolve().parents[1] / fields["vision_init"])
+        llm = tiny_lm() if lm == "pretrained" else None  # read (or pre-trained) before the seed, as below
         torch.manual_seed(seed)
-        model = build_eyes_model(EyesConfig(**fields, seed=seed))
-        if lm == "pretrained":
-            llm = tiny_lm()
-            model.llm.load_state_dict(llm.state_dict(), strict=llm.config.additional_vocab > 0)
-        return model
+        return build_eyes_model(EyesConfig(**fields, seed=seed), llm=llm)
     config = MOLMO_PRESETS["tiny"]
     if connector:
         config = replace(config, connector=replace(config.connector, **connector))

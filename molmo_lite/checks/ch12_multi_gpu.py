@@ -18,7 +18,8 @@ def _reference_micro_batches(rank: int, world_size: int, batch_size: int, grad_a
     from molmo_lite.config import TrainConfig
 
     data = SimpleNamespace(draw=lambda rng, n, step=0: list(range(n)))
-    model = SimpleNamespace(processor=None, tokenizer=SimpleNamespace(pad_id=0))
+    model = SimpleNamespace(processor=None, tokenizer=SimpleNamespace(pad_id=0),
+                            config=SimpleNamespace(question_first=False))
     config = TrainConfig(stage="sft", batch_size=batch_size, grad_accum=grad_accum)
     with mock.patch.object(train, "encode_example", lambda example, *args, **kwargs: example), \
             mock.patch.object(train, "collate", lambda items, pad_id: list(items)):
